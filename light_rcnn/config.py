@@ -1,0 +1,114 @@
+"""Config keys of light_rcnn.
+
+:func:`add_light_rcnn_config` adds new nodes to a detectron2 ``CfgNode`` (a copy obtained with
+``detectron2.config.get_cfg()``); it never touches detectron2's global defaults. Every key has a
+one-line comment above it.
+"""
+from detectron2.config import CfgNode, get_cfg
+
+CN = CfgNode
+
+# `_BASE_: "detectron2://<path>"` names a config shipped inside the installed detectron2.
+MODEL_ZOO_PREFIX = "detectron2://"
+
+
+def add_light_rcnn_config(cfg):
+    """Declare every light_rcnn key on ``cfg`` (in place) with its default value."""
+    _C = cfg
+
+    # ---------------------------------------------------------------------------------------
+    # Separated large-kernel neck (Light Mask R-CNN, Sec. III-B, Fig. 1)
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.SLK = CN()
+    # Name of the registered BACKBONE builder used as the bottom-up network the neck wraps.
+    _C.MODEL.SLK.BOTTOM_UP = "build_resnet_backbone"
+    # Feature of the bottom-up backbone that the neck reads (res4 = ResNet C4, stride 16).
+    _C.MODEL.SLK.IN_FEATURE = "res4"
+    # Kernel length k of the k x 1 / 1 x k convolutions; odd and >= 3 (paper: 15).
+    _C.MODEL.SLK.KERNEL_SIZE = 15
+    # Channels between the first and second conv of each branch (paper Table II: 64/128/256).
+    _C.MODEL.SLK.MID_CHANNELS = 256
+    # Channels of the thin feature map fed to both the RPN and ROIAlign (paper: 256).
+    _C.MODEL.SLK.OUT_CHANNELS = 256
+    # Normalization after each branch conv ("" = none, as in Light-Head R-CNN; "BN", "GN", ...).
+    _C.MODEL.SLK.NORM = ""
+    # Name of the thin feature map in the neck's output dict (use it in RPN/ROI_HEADS.IN_FEATURES).
+    _C.MODEL.SLK.OUT_FEATURE = "thin"
+
+    # ---------------------------------------------------------------------------------------
+    # Redesigned R-CNN subnet (Light Mask R-CNN, Sec. III-C)
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.LIGHT_HEAD = CN()
+    # Output channels of the 3x3 convs applied to every 14x14 ROI (paper: [256, 512]; last = C_out).
+    _C.MODEL.LIGHT_HEAD.CONV_DIMS = [256, 512]
+    # Normalization after each 3x3 conv ("" = none, "BN", "GN", "SyncBN", ...).
+    _C.MODEL.LIGHT_HEAD.NORM = ""
+    # Average-pooling window (= stride) of the box branch: 7 -> 2x2xC_out vector, 14 -> 1x1xC_out.
+    _C.MODEL.LIGHT_HEAD.BOX_POOL_SIZE = 7
+
+    # ---------------------------------------------------------------------------------------
+    # Embedded "shapes" instance-segmentation data set (light_rcnn/data/shapes.py)
+    # ---------------------------------------------------------------------------------------
+    _C.DATASETS.SHAPES = CN()
+    # Cache directory for the generated images/JSON ("" = $LIGHT_RCNN_CACHE or ~/.cache/light_rcnn).
+    _C.DATASETS.SHAPES.ROOT = ""
+    # Side length in pixels of the generated square images.
+    _C.DATASETS.SHAPES.IMAGE_SIZE = 192
+    # Number of images in shapes_train.
+    _C.DATASETS.SHAPES.NUM_TRAIN = 400
+    # Number of images in shapes_val.
+    _C.DATASETS.SHAPES.NUM_VAL = 60
+    # Random seed of the generator (train uses SEED, val uses SEED + 1).
+    _C.DATASETS.SHAPES.SEED = 0
+
+    # ---------------------------------------------------------------------------------------
+    # Mobile backbones (FD-MobileNet, MobileNet v1/v2, pyramid depthwise-dilated MobileNetV2)
+    # ---------------------------------------------------------------------------------------
+    # (keys added by light_rcnn/modeling/backbone; see the MOBILENET node below)
+    # MOBILENET-KEYS-ANCHOR
+
+    return cfg
+
+
+
+class LightRCNNCfgNode(CfgNode):
+    """detectron2's ``CfgNode`` whose ``_BASE_`` may name a config of detectron2's model zoo.
+
+    ``_BASE_: "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml"`` resolves to the
+    file shipped inside the installed detectron2 (``detectron2.model_zoo.get_config_file``), so our
+    YAML files inherit detectron2's own instead of copying them. fvcore joins a relative ``_BASE_``
+    to the including file's folder before calling this method, so the prefix is looked for
+    anywhere in the path. Every other ``_BASE_`` behaves as in detectron2.
+    """
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe=False):
+        if isinstance(filename, str) and MODEL_ZOO_PREFIX in filename:
+            from detectron2 import model_zoo
+
+            zoo_path = filename.split(MODEL_ZOO_PREFIX, 1)[1]
+            try:
+                filename = model_zoo.get_config_file(zoo_path)
+            except RuntimeError as e:
+                raise FileNotFoundError(
+                    f"_BASE_ '{MODEL_ZOO_PREFIX}{zoo_path}' is not a config of the installed "
+                    f"detectron2's model zoo ({e})"
+                ) from e
+        return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+
+def get_light_rcnn_cfg():
+    """detectron2's default config plus every light_rcnn key, as a :class:`LightRCNNCfgNode`."""
+    cfg = LightRCNNCfgNode(get_cfg())
+    return add_light_rcnn_config(cfg)
+
+
+def load_config(config_file=None, opts=()):
+    """Build a config the way ``tools/train_net.py`` does: defaults, then a YAML file, then
+    ``KEY VALUE`` overrides. Returns an unfrozen config."""
+    cfg = get_light_rcnn_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    return cfg

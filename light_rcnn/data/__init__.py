@@ -1,0 +1,1 @@
+"""Data sets; importing this module registers them into detectron2's catalogs."""

@@ -1,0 +1,1 @@
+"""Model components; importing this module registers them into detectron2's registries."""
