@@ -1,0 +1,96 @@
+"""The end-to-end demo behind ``make demo`` (``tools/demo.py``).
+
+It trains through the same :class:`light_rcnn.engine.Trainer` as ``tools/train_net.py`` (one
+process), evaluates with detectron2's COCOEvaluator on ``shapes_val``, and draws the trained
+model's masks with detectron2's ``Visualizer``.
+"""
+import logging
+import os
+import time
+
+import cv2
+import numpy as np
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from detectron2.utils.logger import setup_logger
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+from .config import load_config
+from .data import register_shapes_datasets
+from .engine import Trainer, check_output_dir, check_weights
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "light_mask_rcnn_framework1_shapes.yaml")
+
+
+def draw_predictions(cfg, weights, dataset_name, out_file, num_images=6):
+    """Load ``weights`` into the model of ``cfg`` (detectron2's DefaultPredictor), draw its masks on
+    the first ``num_images`` images of ``dataset_name`` side by side and write ``out_file`` (PNG)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights
+    predictor = DefaultPredictor(cfg)
+    metadata = MetadataCatalog.get(dataset_name)
+    panels = []
+    for d in DatasetCatalog.get(dataset_name)[:num_images]:
+        image = read_image(d["file_name"], format="BGR")
+        instances = predictor(image)["instances"].to("cpu")
+        vis = Visualizer(image[:, :, ::-1], metadata=metadata, scale=2.0, instance_mode=ColorMode.IMAGE)
+        panels.append(vis.draw_instance_predictions(instances).get_image()[:, :, ::-1])
+    height = max(p.shape[0] for p in panels)
+    panels = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0)), constant_values=255) for p in panels]
+    os.makedirs(os.path.dirname(out_file) or ".", exist_ok=True)
+    if not cv2.imwrite(out_file, np.concatenate(panels, axis=1)):
+        raise OSError(f"could not write {out_file}")
+    return out_file
+
+
+def format_summary(results, timings, output_dir, png):
+    lines = ["", "=" * 72, "light_rcnn demo summary", "=" * 72]
+    for task in ("bbox", "segm"):
+        r = results.get(task, {})
+        lines.append(
+            f"{task:5s} AP {r.get('AP', float('nan')):5.1f}  AP50 {r.get('AP50', float('nan')):5.1f}  "
+            f"AP75 {r.get('AP75', float('nan')):5.1f}  APs {r.get('APs', float('nan')):5.1f}  "
+            f"APm {r.get('APm', float('nan')):5.1f}  APl {r.get('APl', float('nan')):5.1f}"
+        )
+    lines.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    lines.append(f"outputs: {os.path.abspath(output_dir)}")
+    lines.append(f"  checkpoint  {os.path.join(os.path.abspath(output_dir), 'model_final.pth')}")
+    lines.append(f"  predictions {os.path.abspath(png)}")
+    return "\n".join(lines)
+
+
+def run_demo(config_file, output_dir, opts=(), num_images=6):
+    """Generate data, train, evaluate, draw; prints and returns ``(results, timings, png)``."""
+    t0 = time.perf_counter()
+    cfg = load_config(config_file, list(opts) + ["OUTPUT_DIR", output_dir])
+    check_output_dir(cfg.OUTPUT_DIR, resume=False, eval_only=False)
+    check_weights(cfg.MODEL.WEIGHTS)
+    cfg.freeze()
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    setup_logger(output=cfg.OUTPUT_DIR)
+    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    register_shapes_datasets(cfg)
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        DatasetCatalog.get(name)  # generates the embedded data on first use
+    timings = {"data": time.perf_counter() - t0}
+
+    t1 = time.perf_counter()
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()  # the final EvalHook runs COCOEvaluator on DATASETS.TEST
+    results = trainer._last_eval_results or {}
+    timings["train+eval"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    weights = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    png = os.path.join(cfg.OUTPUT_DIR, "predictions.png")
+    draw_predictions(cfg, weights, cfg.DATASETS.TEST[0], png, num_images)
+    timings["draw"] = time.perf_counter() - t2
+    timings["total"] = time.perf_counter() - t0
+    logging.getLogger("light_rcnn").info("demo finished")
+    print(format_summary(results, timings, cfg.OUTPUT_DIR, png), flush=True)
+    return results, timings, png

@@ -1,0 +1,72 @@
+"""The trainer behind ``tools/train_net.py``: detectron2's DefaultTrainer with three changes.
+
+1. ``build_evaluator`` picks the evaluator from the data set's metadata ``evaluator_type``:
+   ``coco`` -> :class:`COCOEvaluator` (bbox + segm AP with APs/APm/APl), ``pascal_voc`` ->
+   :class:`PascalVOCDetectionEvaluator`.
+2. CPU processes can train together: DefaultTrainer wraps the model with
+   ``create_ddp_model(model, broadcast_buffers=False)``, which passes ``device_ids=[local_rank]``;
+   PyTorch rejects that for a CPU module. ``launch()`` already starts GLOO processes on a machine
+   without a GPU (``--num-gpus 2``), so here ``device_ids=None`` is passed when the model is on the
+   CPU. detectron2 has no hook for this, so ``__init__`` assembles the same parts as
+   DefaultTrainer's (same builders, same order) with that one argument changed.
+3. Checkpoints are written atomically (:class:`AtomicDetectionCheckpointer`) and the training
+   loader skips undecodable images (:class:`light_rcnn.data.dataset_checks.CheckedDatasetMapper`).
+"""
+import logging
+import os
+import weakref
+
+from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data.dataset_checks import CheckedDatasetMapper
+from .checkpoint import AtomicDetectionCheckpointer
+
+
+class Trainer(DefaultTrainer):
+    """detectron2's DefaultTrainer, usable by CPU processes under ``launch()`` (see module doc)."""
+
+    def __init__(self, cfg):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        ddp_kwargs = {"device_ids": None} if on_cpu else {}
+        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
+        self._trainer = trainer_cls(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type == "coco":
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        raise ValueError(
+            f"Data set '{dataset_name}' has evaluator_type {evaluator_type!r} in its metadata; "
+            "light_rcnn's Trainer supports 'coco' and 'pascal_voc'. Register the set with one of "
+            "them (e.g. light_rcnn.data.dataset_checks.register_coco_instances_checked)."
+        )

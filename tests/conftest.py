@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny generated shapes data set and tiny CPU configs."""
+import os
+import warnings
+
+import pytest
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_configure(config):
+    # detectron2 imports pkg_resources and calls torch.jit.script; both warn on every import.
+    config.addinivalue_line("filterwarnings", "ignore:pkg_resources is deprecated:UserWarning")
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script` is deprecated:FutureWarning")
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+# Sizes that make any R50-C4-style config cheap on a CPU (D2Go's "quick test" idea).
+TINY_RESNET = [
+    "MODEL.RESNETS.WIDTH_PER_GROUP", 4,
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", 16,
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", 8,
+]
+TINY_SIZES = [
+    "INPUT.MIN_SIZE_TRAIN", (64,), "INPUT.MAX_SIZE_TRAIN", 96,
+    "INPUT.MIN_SIZE_TEST", 64, "INPUT.MAX_SIZE_TEST", 96,
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 200, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 50,
+    "MODEL.RPN.PRE_NMS_TOPK_TEST", 100, "MODEL.RPN.POST_NMS_TOPK_TEST", 20,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 16,
+    "DATALOADER.NUM_WORKERS", 0,
+]
+
+
+@pytest.fixture(scope="session")
+def shapes_root(tmp_path_factory):
+    """A cache folder for generated shapes data, shared by the whole session (outside the repo)."""
+    return str(tmp_path_factory.mktemp("shapes_cache"))
+
+
+def tiny_shapes_opts(root, num_train=16, num_val=6, image_size=64):
+    return [
+        "DATASETS.SHAPES.ROOT", root,
+        "DATASETS.SHAPES.NUM_TRAIN", num_train,
+        "DATASETS.SHAPES.NUM_VAL", num_val,
+        "DATASETS.SHAPES.IMAGE_SIZE", image_size,
+    ]

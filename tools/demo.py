@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""`make demo`: generate the shapes data set, train the demo model on the CPU, evaluate it with
+COCOEvaluator, draw predicted masks on validation images and print a summary.
+
+    python tools/demo.py                                  # the default demo (framework 1, shapes)
+    python tools/demo.py --config-file CFG [KEY VALUE ...]
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from light_rcnn.demo import DEFAULT_DEMO_CONFIG, run_demo  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default=DEFAULT_DEMO_CONFIG, help="YAML config to train")
+    parser.add_argument(
+        "--output-dir",
+        default=os.path.join("output", time.strftime("demo-%Y%m%d-%H%M%S")),
+        help="new folder for checkpoints, evaluation and the PNG (never an existing run's)",
+    )
+    parser.add_argument("--num-images", type=int, default=6, help="validation images to draw")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args()
+    run_demo(args.config_file, args.output_dir, args.opts, num_images=args.num_images)
+
+
+if __name__ == "__main__":
+    main()
