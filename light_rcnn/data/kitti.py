@@ -1,0 +1,43 @@
+"""KITTI vehicle detection as ``kitti_train`` / ``kitti_val`` (dilated-MobileNetV2 paper, Sec. 3.4).
+
+The COCO JSON files are made by ``datasets/prepare_kitti.py`` from KITTI's ``training/label_2``::
+
+    $DETECTRON2_DATASETS/kitti/training/image_2/000000.png ...
+    $DETECTRON2_DATASETS/kitti/annotations/kitti_train.json, kitti_val.json
+
+(``$DETECTRON2_DATASETS`` defaults to ``./datasets``, as in detectron2.) Registration is lazy:
+nothing is read until ``DatasetCatalog.get`` is called, so importing this module never needs the
+files. Loading goes through :func:`light_rcnn.data.dataset_checks.register_coco_instances_checked`
+(a missing file is reported by name); class names come from the JSON (default: ``Car``), and
+evaluation is COCO-style box AP.
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .dataset_checks import register_coco_instances_checked
+
+__all__ = ["KITTI_SPLITS", "register_kitti_datasets"]
+
+# data set name -> annotation file name written by datasets/prepare_kitti.py
+KITTI_SPLITS = {"kitti_train": "kitti_train.json", "kitti_val": "kitti_val.json"}
+
+
+def register_kitti_datasets(root=None):
+    """Register ``kitti_train`` and ``kitti_val`` from ``<root>/kitti`` (default
+    ``$DETECTRON2_DATASETS``, else ``datasets``). Re-registering replaces the earlier entries."""
+    if root is None:
+        root = os.getenv("DETECTRON2_DATASETS", "datasets")
+    kitti = os.path.join(os.path.expanduser(root), "kitti")
+    for name, json_name in KITTI_SPLITS.items():
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+
+            MetadataCatalog.remove(name)
+        register_coco_instances_checked(
+            name, {}, os.path.join(kitti, "annotations", json_name),
+            os.path.join(kitti, "training", "image_2"),
+        )
+
+
+register_kitti_datasets()
