@@ -15,6 +15,9 @@ MODEL_ZOO_PREFIX = "detectron2://"
 def add_light_rcnn_config(cfg):
     """Declare every light_rcnn key on ``cfg`` (in place) with its default value."""
     _C = cfg
+    # New nodes take the type of ``cfg`` (e.g. LightRCNNCfgNode), or merging a YAML into them
+    # fails with "Type mismatch".
+    CN = type(cfg)
 
     # ---------------------------------------------------------------------------------------
     # Separated large-kernel neck (Light Mask R-CNN, Sec. III-B, Fig. 1)
@@ -64,8 +67,25 @@ def add_light_rcnn_config(cfg):
     # ---------------------------------------------------------------------------------------
     # Mobile backbones (FD-MobileNet, MobileNet v1/v2, pyramid depthwise-dilated MobileNetV2)
     # ---------------------------------------------------------------------------------------
-    # (keys added by light_rcnn/modeling/backbone; see the MOBILENET node below)
-    # MOBILENET-KEYS-ANCHOR
+    # (read by the builders in light_rcnn/modeling/backbone; the builder name picks the network)
+    # Node of cfg's own class: yacs refuses to merge a YAML's LightRCNNCfgNode into a plain CfgNode.
+    _C.MODEL.MOBILENET = CN()
+    # Width multiplier alpha of every layer incl. the first (FD: 1/0.5/0.25; v1: 0.5/0.25/0.125).
+    _C.MODEL.MOBILENET.WIDTH_MULT = 1.0
+    # Normalization after every conv: "BN", "SyncBN", "FrozenBN", "GN" (detectron2 get_norm).
+    _C.MODEL.MOBILENET.NORM = "BN"
+    # Returned features: "stem", "stage2".."stage5" (strides 2..32); "linear" with a classifier.
+    _C.MODEL.MOBILENET.OUT_FEATURES = ["stage4"]
+    # 0 = backbone only; > 0 adds global pooling + a NUM_CLASSES-way fc (feature "linear").
+    _C.MODEL.MOBILENET.NUM_CLASSES = 0
+    # Dilation of stage5: 1 (stride 32, as the papers) or 2 (stage5 kept at stride 16).
+    _C.MODEL.MOBILENET.STAGE5_DILATION = 1
+    # Dilation rates of the parallel depthwise branches of each pyramid block (dilated MobileNetV2).
+    _C.MODEL.MOBILENET.DILATION_RATES = [1, 2, 3, 4]
+    # Rates are capped to 2r+1 <= this size / block stride (224: stride-32 rates <= 3); 0 = off.
+    _C.MODEL.MOBILENET.DILATION_CAP_INPUT_SIZE = 224
+    # Add branch i-1's output to branch i before concatenation (ESPNet-style); paper: False.
+    _C.MODEL.MOBILENET.HIERARCHICAL_FUSION = False
 
     return cfg
 

@@ -39,3 +39,4 @@ def generate_shapes_dataset(root, split, num_images, image_size=192, seed=0):
 
 
 register_default_shapes_datasets()
+from . import kitti  # noqa: E402,F401  (registers kitti_train / kitti_val lazily)

@@ -32,7 +32,6 @@ def register_kitti_datasets(root=None):
     for name, json_name in KITTI_SPLITS.items():
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
-
             MetadataCatalog.remove(name)
         register_coco_instances_checked(
             name, {}, os.path.join(kitti, "annotations", json_name),
