@@ -1,2 +1,2 @@
 """Model components; importing this module registers them into detectron2's registries."""
-from . import backbone  # noqa: F401
+from . import backbone, large_kernel_neck, light_roi_heads  # noqa: F401
