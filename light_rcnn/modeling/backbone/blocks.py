@@ -336,3 +336,41 @@ def stage5_dilation_args(stage5_dilation: int) -> Tuple[int, int]:
     if stage5_dilation not in (1, 2):
         raise ValueError(f"stage5 dilation must be 1 or 2, got {stage5_dilation}")
     return (2, 1) if stage5_dilation == 1 else (1, 2)
+
+
+def common_backbone_kwargs(cfg, input_shape) -> Dict:
+    """Constructor arguments shared by every mobile backbone builder, from ``cfg.MODEL.MOBILENET``
+    (WIDTH_MULT, NORM, STAGE5_DILATION, NUM_CLASSES, OUT_FEATURES) and ``MODEL.BACKBONE.FREEZE_AT``."""
+    m = cfg.MODEL.MOBILENET
+    return dict(
+        width_mult=m.WIDTH_MULT,
+        norm=m.NORM,
+        in_channels=input_shape.channels,
+        stage5_dilation=m.STAGE5_DILATION,
+        num_classes=m.NUM_CLASSES or None,
+        out_features=m.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )
+
+
+def depthwise_separable_stages(stage_table, in_channels, width_mult, norm, stage5_dilation, first_blocks=None):
+    """Stages of (name, [DepthwiseSeparable, ...]) from a table of (name, ((out, stride), ...)) rows,
+    channels scaled by ``width_mult``; ``stage5_dilation`` 2 keeps stage5 at stride 16 (dilated).
+    ``first_blocks`` maps a stage name to blocks placed before its table units (e.g. the stem conv).
+    Returns the stages and the last channel count."""
+    s5_stride, s5_dilation = stage5_dilation_args(stage5_dilation)
+    first_blocks = first_blocks or {}
+    c = in_channels
+    stages = []
+    for name, units in stage_table:
+        blocks = list(first_blocks.get(name, []))
+        for out, stride in units:
+            dilation = 1
+            if name == "stage5":
+                stride = s5_stride if stride == 2 else stride
+                dilation = s5_dilation
+            out = scale_channels(out, width_mult)
+            blocks.append(DepthwiseSeparable(c, out, stride, dilation=dilation, norm=norm, activation="relu"))
+            c = out
+        stages.append((name, blocks))
+    return stages, c

@@ -24,7 +24,7 @@ from typing import Sequence, Tuple
 
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .blocks import ConvNormAct, MobileNetBackbone, PyramidDilatedInvertedResidual
+from .blocks import ConvNormAct, MobileNetBackbone, PyramidDilatedInvertedResidual, common_backbone_kwargs
 from .mobilenet_v2 import last_channels, mobilenet_v2_layout
 
 __all__ = ["DilatedMobileNetV2", "build_dilated_mobilenet_v2_backbone", "capped_rates"]
@@ -89,14 +89,8 @@ def build_dilated_mobilenet_v2_backbone(cfg, input_shape):
     and ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
     m = cfg.MODEL.MOBILENET
     return DilatedMobileNetV2(
-        m.WIDTH_MULT,
         dilation_rates=tuple(m.DILATION_RATES),
         cap_input_size=m.DILATION_CAP_INPUT_SIZE,
         hierarchical_fusion=m.HIERARCHICAL_FUSION,
-        norm=m.NORM,
-        in_channels=input_shape.channels,
-        stage5_dilation=m.STAGE5_DILATION,
-        num_classes=m.NUM_CLASSES or None,
-        out_features=m.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        **common_backbone_kwargs(cfg, input_shape),
     )

@@ -25,8 +25,13 @@ cost of stage5.
 """
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .blocks import ConvNormAct, DepthwiseSeparable, MobileNetBackbone, scale_channels, \
-    stage5_dilation_args
+from .blocks import (
+    ConvNormAct,
+    MobileNetBackbone,
+    common_backbone_kwargs,
+    depthwise_separable_stages,
+    scale_channels,
+)
 
 __all__ = ["FDMobileNet", "build_fd_mobilenet_backbone"]
 
@@ -55,39 +60,14 @@ class FDMobileNet(MobileNetBackbone):
                  num_classes=None, out_features=None, freeze_at=0):
         c = scale_channels(FD_MOBILENET_STEM_CHANNELS, width_mult)
         stages = [("stem", [ConvNormAct(in_channels, c, 3, 2, norm=norm, activation="relu")])]
-        s5_stride, s5_dilation = stage5_dilation_args(stage5_dilation)
-        for name, units in FD_MOBILENET_STAGES:
-            blocks = []
-            for out, stride in units:
-                dilation = 1
-                if name == "stage5":
-                    stride = s5_stride if stride == 2 else stride
-                    dilation = s5_dilation
-                out = scale_channels(out, width_mult)
-                blocks.append(DepthwiseSeparable(c, out, stride, dilation=dilation, norm=norm,
-                                                 activation="relu"))
-                c = out
-            stages.append((name, blocks))
+        stages += depthwise_separable_stages(FD_MOBILENET_STAGES, c, width_mult, norm, stage5_dilation)[0]
         super().__init__(stages, num_classes=num_classes, out_features=out_features,
                          freeze_at=freeze_at)
         self.width_mult = width_mult
-
-
-def _num_classes(cfg):
-    return cfg.MODEL.MOBILENET.NUM_CLASSES or None
 
 
 @BACKBONE_REGISTRY.register()
 def build_fd_mobilenet_backbone(cfg, input_shape):
     """FD-MobileNet from ``cfg.MODEL.MOBILENET`` (WIDTH_MULT, NORM, OUT_FEATURES, STAGE5_DILATION,
     NUM_CLASSES) and ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
-    m = cfg.MODEL.MOBILENET
-    return FDMobileNet(
-        m.WIDTH_MULT,
-        norm=m.NORM,
-        in_channels=input_shape.channels,
-        stage5_dilation=m.STAGE5_DILATION,
-        num_classes=_num_classes(cfg),
-        out_features=m.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-    )
+    return FDMobileNet(**common_backbone_kwargs(cfg, input_shape))

@@ -18,8 +18,13 @@ DS = 3x3 depthwise conv + BN + ReLU, 1x1 conv + BN + ReLU. The detector's stride
 """
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .blocks import ConvNormAct, DepthwiseSeparable, MobileNetBackbone, scale_channels, \
-    stage5_dilation_args
+from .blocks import (
+    ConvNormAct,
+    MobileNetBackbone,
+    common_backbone_kwargs,
+    depthwise_separable_stages,
+    scale_channels,
+)
 
 __all__ = ["MobileNetV1", "build_mobilenet_v1_backbone"]
 
@@ -47,20 +52,8 @@ class MobileNetV1(MobileNetBackbone):
                  num_classes=None, out_features=None, freeze_at=0):
         c = scale_channels(MOBILENET_V1_STEM_CHANNELS, width_mult)
         first = ConvNormAct(in_channels, c, 3, 2, norm=norm, activation="relu")
-        s5_stride, s5_dilation = stage5_dilation_args(stage5_dilation)
-        stages = []
-        for name, units in MOBILENET_V1_STAGES:
-            blocks = [first] if name == "stem" else []
-            for out, stride in units:
-                dilation = 1
-                if name == "stage5":
-                    stride = s5_stride if stride == 2 else stride
-                    dilation = s5_dilation
-                out = scale_channels(out, width_mult)
-                blocks.append(DepthwiseSeparable(c, out, stride, dilation=dilation, norm=norm,
-                                                 activation="relu"))
-                c = out
-            stages.append((name, blocks))
+        stages, _ = depthwise_separable_stages(MOBILENET_V1_STAGES, c, width_mult, norm, stage5_dilation,
+                                               first_blocks={"stem": [first]})
         super().__init__(stages, num_classes=num_classes, out_features=out_features,
                          freeze_at=freeze_at)
         self.width_mult = width_mult
@@ -70,13 +63,4 @@ class MobileNetV1(MobileNetBackbone):
 def build_mobilenet_v1_backbone(cfg, input_shape):
     """MobileNet v1 from ``cfg.MODEL.MOBILENET`` (WIDTH_MULT, NORM, OUT_FEATURES,
     STAGE5_DILATION, NUM_CLASSES) and ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
-    m = cfg.MODEL.MOBILENET
-    return MobileNetV1(
-        m.WIDTH_MULT,
-        norm=m.NORM,
-        in_channels=input_shape.channels,
-        stage5_dilation=m.STAGE5_DILATION,
-        num_classes=m.NUM_CLASSES or None,
-        out_features=m.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-    )
+    return MobileNetV1(**common_backbone_kwargs(cfg, input_shape))

@@ -21,8 +21,14 @@ implementation); the 1280 of layer 18 is never scaled down.
 """
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .blocks import ConvNormAct, InvertedResidual, MobileNetBackbone, make_divisible, \
-    stage5_dilation_args
+from .blocks import (
+    ConvNormAct,
+    InvertedResidual,
+    MobileNetBackbone,
+    common_backbone_kwargs,
+    make_divisible,
+    stage5_dilation_args,
+)
 
 __all__ = ["MobileNetV2", "build_mobilenet_v2_backbone", "MOBILENET_V2_SETTINGS"]
 
@@ -102,13 +108,4 @@ class MobileNetV2(MobileNetBackbone):
 def build_mobilenet_v2_backbone(cfg, input_shape):
     """MobileNetV2 from ``cfg.MODEL.MOBILENET`` (WIDTH_MULT, NORM, OUT_FEATURES, STAGE5_DILATION,
     NUM_CLASSES) and ``cfg.MODEL.BACKBONE.FREEZE_AT``."""
-    m = cfg.MODEL.MOBILENET
-    return MobileNetV2(
-        m.WIDTH_MULT,
-        norm=m.NORM,
-        in_channels=input_shape.channels,
-        stage5_dilation=m.STAGE5_DILATION,
-        num_classes=m.NUM_CLASSES or None,
-        out_features=m.OUT_FEATURES,
-        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-    )
+    return MobileNetV2(**common_backbone_kwargs(cfg, input_shape))
