@@ -50,6 +50,14 @@ def add_light_rcnn_config(cfg):
     _C.MODEL.LIGHT_HEAD.BOX_POOL_SIZE = 7
 
     # ---------------------------------------------------------------------------------------
+    # Optimizer choice (light_rcnn.engine.Trainer.build_optimizer)
+    # ---------------------------------------------------------------------------------------
+    # "SGD" (detectron2's, uses SOLVER.MOMENTUM/NESTEROV) or "ADAMW" (used by the from-scratch CPU configs).
+    _C.SOLVER.OPTIMIZER = "SGD"
+    # AdamW's (beta1, beta2); read only when SOLVER.OPTIMIZER is "ADAMW".
+    _C.SOLVER.ADAM_BETAS = (0.9, 0.999)
+
+    # ---------------------------------------------------------------------------------------
     # Embedded "shapes" instance-segmentation data set (light_rcnn/data/shapes.py)
     # ---------------------------------------------------------------------------------------
     _C.DATASETS.SHAPES = CN()
@@ -86,6 +94,60 @@ def add_light_rcnn_config(cfg):
     _C.MODEL.MOBILENET.DILATION_CAP_INPUT_SIZE = 224
     # Add branch i-1's output to branch i before concatenation (ESPNet-style); paper: False.
     _C.MODEL.MOBILENET.HIERARCHICAL_FUSION = False
+
+    # ---------------------------------------------------------------------------------------
+    # Student-teacher distillation (thesis Sec. 2.1.3; META_ARCHITECTURE "DistillationRCNN")
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.DISTILL = CN()
+    # Config file of the teacher; a relative path is looked up in the cwd, then the repository root.
+    _C.MODEL.DISTILL.TEACHER_CONFIG = ""
+    # KEY VALUE overrides merged into the teacher's config after its file (e.g. tiny test sizes).
+    _C.MODEL.DISTILL.TEACHER_OPTS = []
+    # Trained teacher checkpoint (DetectionCheckpointer format); required, give it on the command line.
+    _C.MODEL.DISTILL.TEACHER_WEIGHTS = ""
+    # Softmax temperature T of the class distillation (Hinton et al.); the loss is scaled by T^2.
+    _C.MODEL.DISTILL.TEMPERATURE = 2.0
+    # Weight of loss_distill_cls = T^2 KL(softmax(t/T) || softmax(s/T)) on the sampled ROIs' classes.
+    _C.MODEL.DISTILL.CLS_WEIGHT = 1.0
+    # Weight of loss_hint (FitNets hint: MSE through a learned 1x1 conv adapter); 0 = no hint, no adapter.
+    _C.MODEL.DISTILL.HINT_WEIGHT = 0.0
+    # Student backbone output regressed onto the teacher's (the FitNets "guided" layer).
+    _C.MODEL.DISTILL.HINT_STUDENT_FEATURE = "thin"
+    # Teacher backbone output the guided feature is regressed onto (the FitNets "hint" layer).
+    _C.MODEL.DISTILL.HINT_TEACHER_FEATURE = "thin"
+
+    # ---------------------------------------------------------------------------------------
+    # Mask loss of ROI_MASK_HEAD.NAME "IoUMaskRCNNConvUpsampleHead" (thesis Sec. 3.3.1-3.3.2)
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL.MASK_LOSS = CN()
+    # "BCE" (Mask R-CNN's per-pixel cross-entropy), "IOU" (soft IoU 1 - I/U) or "BCE+IOU".
+    _C.MODEL.MASK_LOSS.TYPE = "BCE"
+    # Weight of the binary cross-entropy term (loss_mask).
+    _C.MODEL.MASK_LOSS.BCE_WEIGHT = 1.0
+    # Weight of the soft IoU term (loss_mask_iou).
+    _C.MODEL.MASK_LOSS.IOU_WEIGHT = 1.0
+
+    # ---------------------------------------------------------------------------------------
+    # Depth-wise decomposition of regular convs (He et al., "Depth-wise Decomposition", Sec. 3)
+    # ---------------------------------------------------------------------------------------
+    # (read by light_rcnn/compression: DecomposedGeneralizedRCNN and tools/decompose_net.py)
+    _C.MODEL.DECOMPOSE = CN()
+    # Regexes, each re.fullmatch-ed against qualified module names, of the k x k convs to replace; [] = none.
+    _C.MODEL.DECOMPOSE.LAYERS = []
+    # "depthwise" (k x k depthwise + 1x1 pointwise, Sec. 3.4) or "channel" (k x k to r + 1x1, Sec. 3.2).
+    _C.MODEL.DECOMPOSE.METHOD = "depthwise"
+    # METHOD "channel": reduced width r = max(1, round(ratio * C_out)) of the k x k conv.
+    _C.MODEL.DECOMPOSE.CHANNEL_RANK_RATIO = 0.25
+    # tools/decompose_net.py: training images whose responses are sampled (paper Sec. 3.1: 300).
+    _C.MODEL.DECOMPOSE.NUM_IMAGES = 300
+    # tools/decompose_net.py: output positions sampled per image and layer (paper: 10, so N = 3000).
+    _C.MODEL.DECOMPOSE.PATCHES_PER_IMAGE = 10
+    # Inter-channel error compensation (Algorithm 2) instead of independent per-channel SVDs (Algorithm 1).
+    _C.MODEL.DECOMPOSE.COMPENSATE = True
+    # Multi-layer decomposition (Algorithm 3): inputs from the decomposed net, targets from the original.
+    _C.MODEL.DECOMPOSE.MULTI_LAYER = True
+    # Seed of the image and patch sampling.
+    _C.MODEL.DECOMPOSE.SEED = 0
 
     return cfg
 
