@@ -24,9 +24,11 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "light_mask_rcnn_framework1_shapes.yaml")
 
 
-def draw_predictions(cfg, weights, dataset_name, out_file, num_images=6):
-    """Load ``weights`` into the model of ``cfg`` (detectron2's DefaultPredictor), draw its masks on
-    the first ``num_images`` images of ``dataset_name`` side by side and write ``out_file`` (PNG)."""
+def draw_predictions(cfg, weights, dataset_name, out_file, num_images=6, min_score=0.5):
+    """Load ``weights`` into the model of ``cfg`` (detectron2's DefaultPredictor), draw its masks
+    scoring at least ``min_score`` on the first ``num_images`` images of ``dataset_name`` side by
+    side and write ``out_file`` (PNG). (Evaluation keeps every detection down to the config's
+    ``ROI_HEADS.SCORE_THRESH_TEST``, as COCO AP needs; drawing those would bury the picture.)"""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
@@ -36,6 +38,7 @@ def draw_predictions(cfg, weights, dataset_name, out_file, num_images=6):
     for d in DatasetCatalog.get(dataset_name)[:num_images]:
         image = read_image(d["file_name"], format="BGR")
         instances = predictor(image)["instances"].to("cpu")
+        instances = instances[instances.scores >= min_score]
         vis = Visualizer(image[:, :, ::-1], metadata=metadata, scale=2.0, instance_mode=ColorMode.IMAGE)
         panels.append(vis.draw_instance_predictions(instances).get_image()[:, :, ::-1])
     height = max(p.shape[0] for p in panels)

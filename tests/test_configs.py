@@ -59,9 +59,20 @@ def test_configs_found():
     assert len(ALL_CONFIGS) >= 30, ALL_CONFIGS
 
 
+def _teacher_checkpoint(cfg, folder):
+    """A distillation config's teacher needs weights: save a fresh one under ``folder``."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from light_rcnn.compression.distillation import build_teacher_config
+
+    DetectionCheckpointer(build_model(build_teacher_config(cfg)), save_dir=str(folder)).save("teacher")
+    return str(folder / "teacher.pth")
+
+
 @pytest.mark.parametrize("name", ALL_CONFIGS)
-def test_config_builds_trains_one_step_and_infers(name):
+def test_config_builds_trains_one_step_and_infers(name, tmp_path):
     cfg = _shrink(load_config(os.path.join(CONFIG_DIR, name), SHRINK))
+    if cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN":
+        cfg.merge_from_list(["MODEL.DISTILL.TEACHER_WEIGHTS", _teacher_checkpoint(cfg, tmp_path)])
     torch.manual_seed(0)
     model = build_model(cfg)
     model.train()

@@ -219,6 +219,27 @@ def fixed_work_opts(cfg, num_proposals: int, num_detections: int) -> List[object
     ]
 
 
+def zero_box_regression(model) -> int:
+    """Zero the weights and biases of a detectron2 model's box-regression layers (the RPN head's
+    ``anchor_deltas`` and every ``bbox_pred``), so that proposals are the anchors and detections
+    the proposals; returns how many layers were zeroed.
+
+    Used at fixed work with random weights: an untrained, un-normalized network (FrozenBN is the
+    identity before weights are loaded; detectron2's R50-C4 reaches |res4| ~ 5e3 on a random
+    image) predicts box deltas in the hundreds, which move every box off the image, and the RPN
+    then drops them all as empty. The layers still run, so FLOPs and latency are unchanged.
+    """
+    n = 0
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("anchor_deltas", "bbox_pred") and hasattr(module, "weight"):
+            with torch.no_grad():
+                module.weight.zero_()
+                if module.bias is not None:
+                    module.bias.zero_()
+            n += 1
+    return n
+
+
 # ------------------------------------------------------------------------------------------
 # Models under test
 # ------------------------------------------------------------------------------------------
@@ -297,6 +318,8 @@ class Candidate:
         model = build_model(cfg)
         if weights:
             DetectionCheckpointer(model).load(weights)
+        elif overrides:
+            self.info["zeroed_box_regression_layers"] = zero_box_regression(model)
         for attr in ("backbone", "proposal_generator", "roi_heads"):
             if getattr(model, attr, None) is None:
                 raise TypeError(f"{type(model).__name__} has no '{attr}': the benchmark measures two-stage "
@@ -545,6 +568,8 @@ def _memory_child(child_spec, device, task, image_size, settings_dict, threads):
         cand = Candidate.__new__(Candidate)
         cand.spec, cand.name, cand.kind, cand.device, cand.settings, cand.cfg = spec, "child", "detectron2", device, settings, cfg
         cand.model = build_model(cfg).to(device)
+        if task == "inference" and not settings.dataset:
+            zero_box_regression(cand.model)  # as the measured model at fixed work (random weights)
         roi = cand.model.roi_heads
         cand.has_mask = getattr(roi, "mask_head", None) is not None and getattr(roi, "mask_on", True)
     else:

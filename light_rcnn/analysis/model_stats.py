@@ -223,7 +223,7 @@ def analyze_configs(
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    from .benchmark import config_name, fixed_work_opts, resolve_weights
+    from .benchmark import config_name, fixed_work_opts, resolve_weights, zero_box_regression
     from ..config import load_config
 
     per_config_opts = per_config_opts or [()] * len(config_files)
@@ -245,6 +245,8 @@ def analyze_configs(
             model = build_model(cfg)
             if weights:
                 DetectionCheckpointer(model).load(weights)
+            elif fixed_work:
+                zero_box_regression(model)  # random weights: keep every box on the image (see there)
             model.eval()
             rec["weights"] = weights
             rec["params"] = count_parameters(model)

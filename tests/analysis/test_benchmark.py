@@ -244,3 +244,28 @@ def test_cuda_request_without_cuda_is_refused(configs):
         pytest.skip("CUDA is available")
     with pytest.raises(RuntimeError, match="CUDA is not available"):
         run_benchmark(BenchmarkSettings(models=make_specs([[configs[0]]]), device="cuda"))
+
+
+def test_zero_box_regression_keeps_random_full_depth_model_at_fixed_work():
+    """Full-width R50-C4 with random weights predicts huge box deltas (no normalization before
+    weights are loaded); zeroing the regression layers keeps every proposal on the image."""
+    from detectron2.modeling import build_model
+
+    from light_rcnn.analysis.benchmark import fixed_work_opts, zero_box_regression
+    from light_rcnn.config import load_config
+
+    cfg = load_config(f"{REPO_ROOT}/configs/COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml",
+                      ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    cfg.merge_from_list(fixed_work_opts(cfg, 40, 10))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    assert zero_box_regression(model) == 2  # RPN anchor_deltas + box predictor bbox_pred
+    assert float(model.proposal_generator.rpn_head.anchor_deltas.weight.abs().sum()) == 0.0
+    image = torch.from_numpy(np.random.RandomState(0).randint(0, 256, (3, 160, 224)).astype(np.float32))
+    with torch.no_grad():
+        images = model.preprocess_image([{"image": image}])
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features)
+        out = model([{"image": image}])[0]["instances"]
+    assert len(proposals[0]) == 40
+    assert len(out) == 10 and out.has("pred_masks")

@@ -29,7 +29,7 @@ def _train_net_module():
 
 def _opts(shapes_root, output_dir, max_iter):
     return TINY_RESNET + TINY_SIZES + tiny_shapes_opts(shapes_root) + [
-        "SOLVER.MAX_ITER", max_iter, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.01,
+        "SOLVER.MAX_ITER", max_iter, "SOLVER.IMS_PER_BATCH", 4, "SOLVER.BASE_LR", 0.001,
         "SOLVER.STEPS", (), "SOLVER.WARMUP_ITERS", 5, "SOLVER.CHECKPOINT_PERIOD", 10,
         "OUTPUT_DIR", output_dir, "SEED", 7,
     ]
