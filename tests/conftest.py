@@ -45,3 +45,18 @@ def tiny_shapes_opts(root, num_train=16, num_val=6, image_size=64):
         "DATASETS.SHAPES.NUM_VAL", num_val,
         "DATASETS.SHAPES.IMAGE_SIZE", image_size,
     ]
+
+
+def box_mask_targets(h, w, boxes, classes):
+    """Ground-truth ``Instances`` of an ``h x w`` image: the given boxes, classes, and box-shaped
+    bit masks."""
+    from detectron2.structures import BitMasks, Boxes, Instances
+
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    masks = torch.zeros(len(classes), h, w, dtype=torch.bool)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes):
+        m[int(y0):int(y1), int(x0):int(x1)] = True
+    inst.gt_masks = BitMasks(masks)
+    return inst

@@ -9,7 +9,6 @@ from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import GeneralizedRCNN, build_model
 from detectron2.solver import build_optimizer
-from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
@@ -21,7 +20,7 @@ from light_rcnn.compression.distillation import (
     roi_box_path,
 )
 
-from ..conftest import REPO_ROOT, TINY_RESNET
+from ..conftest import REPO_ROOT, TINY_RESNET, box_mask_targets
 
 BASE = f"{REPO_ROOT}/configs/Base-LightRCNN-C4.yaml"
 COMMON = TINY_RESNET + [
@@ -92,24 +91,13 @@ def _student(weights, extra=()):
     return build_model(_student_cfg(weights, extra))
 
 
-def _targets(h, w, boxes, classes):
-    inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    masks = torch.zeros(len(classes), h, w, dtype=torch.bool)
-    for m, (x0, y0, x1, y1) in zip(masks, boxes):
-        m[int(y0):int(y1), int(x0):int(x1)] = True
-    inst.gt_masks = BitMasks(masks)
-    return inst
-
-
 def _batch():
     """Two odd-sized images of different sizes (padding differs per model); one has no GT."""
     g = torch.Generator().manual_seed(0)
     return [
         {"image": torch.rand(3, 75, 101, generator=g) * 255,
-         "instances": _targets(75, 101, [[10, 8, 60, 50], [40, 30, 95, 70]], [0, 2])},
-        {"image": torch.rand(3, 61, 83, generator=g) * 255, "instances": _targets(61, 83, [], [])},
+         "instances": box_mask_targets(75, 101, [[10, 8, 60, 50], [40, 30, 95, 70]], [0, 2])},
+        {"image": torch.rand(3, 61, 83, generator=g) * 255, "instances": box_mask_targets(61, 83, [], [])},
     ]
 
 

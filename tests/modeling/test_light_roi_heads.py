@@ -5,13 +5,12 @@ import torch
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from detectron2.modeling.roi_heads import build_box_head
-from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from light_rcnn import load_config
 from light_rcnn.modeling.light_roi_heads import LightRCNNROIHeads, LightRCNNSubnetHead, ThinRes5ROIHeads
 
-from ..conftest import REPO_ROOT, TINY_RESNET
+from ..conftest import REPO_ROOT, TINY_RESNET, box_mask_targets
 
 BASE = f"{REPO_ROOT}/configs/Base-LightRCNN-C4.yaml"
 TINY_LIGHT = TINY_RESNET + [
@@ -55,22 +54,11 @@ def test_invalid_head_config_names_key(opts, message):
         build_model(load_config(BASE, TINY_LIGHT + opts))
 
 
-def _targets(h, w, boxes, classes):
-    inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    masks = torch.zeros(len(classes), h, w, dtype=torch.bool)
-    for m, (x0, y0, x1, y1) in zip(masks, boxes):
-        m[int(y0):int(y1), int(x0):int(x1)] = True
-    inst.gt_masks = BitMasks(masks)
-    return inst
-
-
 def _batch():
     torch.manual_seed(0)
     return [
-        {"image": torch.rand(3, 75, 101) * 255, "instances": _targets(75, 101, [[10, 8, 60, 50], [40, 30, 95, 70]], [0, 2])},
-        {"image": torch.rand(3, 75, 101) * 255, "instances": _targets(75, 101, [], [])},  # empty GT
+        {"image": torch.rand(3, 75, 101) * 255, "instances": box_mask_targets(75, 101, [[10, 8, 60, 50], [40, 30, 95, 70]], [0, 2])},
+        {"image": torch.rand(3, 75, 101) * 255, "instances": box_mask_targets(75, 101, [], [])},  # empty GT
     ]
 
 
