@@ -10,7 +10,7 @@
    CPU. detectron2 has no hook for this, so ``__init__`` assembles the same parts as
    DefaultTrainer's (same builders, same order) with that one argument changed.
 3. ``SOLVER.OPTIMIZER`` may pick AdamW instead of detectron2's SGD (:meth:`build_optimizer`); the
-   CPU/shapes configs train from scratch in a few hundred iterations, where AdamW converges much
+   CPU/shapes configs train from scratch in under two thousand iterations, where AdamW converges much
    faster than SGD (measured in README.md, "Demo").
 4. Checkpoints are written atomically (:class:`AtomicDetectionCheckpointer`) and the training
    loader skips undecodable images (:class:`light_rcnn.data.dataset_checks.CheckedDatasetMapper`).
@@ -19,12 +19,12 @@ import logging
 import os
 import weakref
 
-from detectron2.data import MetadataCatalog, build_detection_train_loader
 import torch
+from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver import build_optimizer as build_sgd_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
