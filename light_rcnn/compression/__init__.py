@@ -6,49 +6,11 @@ channel-decomposition baseline, and distillation; importing this module register
 * :mod:`.decomposed_model` -- :func:`apply_decomposition` (config-driven swap) and the meta-arch.
 * :mod:`.distillation` -- student-teacher training, ``DistillationRCNN`` (registered on import).
 """
-from .decomposed_model import (
-    DecomposedGeneralizedRCNN,
-    apply_decomposition,
-    build_decomposition_loader,
-    find_decomposable_convs,
-)
-from .depthwise_decomposition import (
-    PAPER_RANDOM_DATA_ERRORS,
-    ChannelDecomposedConv,
-    DepthwiseSeparableConv,
-    LayerReport,
-    channel_decomposition,
-    channel_rank,
-    collect_conv_inputs,
-    collect_paired_conv_inputs,
-    decompose_conv,
-    decompose_layers,
-    depthwise_decomposition,
-    extract_patches,
-    format_random_data_experiment,
-    random_data_experiment,
-    replace_module,
-)
+from . import decomposed_model as _decomposed_model
+from . import depthwise_decomposition as _depthwise_decomposition
+from .decomposed_model import *  # noqa: F401,F403  (its __all__)
+from .depthwise_decomposition import *  # noqa: F401,F403  (its __all__)
 from . import distillation as _distillation  # noqa: F401,E402  (registers DistillationRCNN)
 
-__all__ = [
-    "PAPER_RANDOM_DATA_ERRORS",
-    "ChannelDecomposedConv",
-    "DecomposedGeneralizedRCNN",
-    "DepthwiseSeparableConv",
-    "LayerReport",
-    "apply_decomposition",
-    "build_decomposition_loader",
-    "channel_decomposition",
-    "channel_rank",
-    "collect_conv_inputs",
-    "collect_paired_conv_inputs",
-    "decompose_conv",
-    "decompose_layers",
-    "depthwise_decomposition",
-    "extract_patches",
-    "find_decomposable_convs",
-    "format_random_data_experiment",
-    "random_data_experiment",
-    "replace_module",
-]
+# (the star import rebinds the name ``depthwise_decomposition`` to the function of that name)
+__all__ = sorted(_decomposed_model.__all__ + _depthwise_decomposition.__all__)
