@@ -38,13 +38,13 @@ detectron2's default (MSRA, Caffe2) R-50 is BGR with PIXEL_MEAN [103.530, 116.28
 PIXEL_STD [1, 1, 1], STRIDE_IN_1X1 True: keeping those with these weights silently swaps the colour
 channels and scales the input ~58x.
 """
-import os
 import pickle
 import re
-import tempfile
 from typing import Dict, List, Tuple
 
 import torch
+
+from .engine.checkpoint import AtomicFile
 
 __all__ = [
     "REQUIRED_RESNET_KEYS",
@@ -186,17 +186,9 @@ def convert_file(src: str, dst: str) -> Dict:
     pkl = dst.endswith(".pkl")
     model = {k: v.numpy() for k, v in converted.items()} if pkl else converted
     out = {"model": model, "__author__": "torchvision", "matching_heuristics": True}
-    folder = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", dir=folder)
-    try:  # written to a temporary sibling, then renamed: never a truncated output
-        with os.fdopen(fd, "wb") as f:
-            if pkl:
-                pickle.dump(out, f)
-            else:
-                torch.save(out, f)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with AtomicFile(dst, "wb") as f:  # a temporary sibling, then renamed: never a truncated output
+        if pkl:
+            pickle.dump(out, f)
+        else:
+            torch.save(out, f)
     return dict(out, depth=depth)

@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from light_rcnn import load_config  # noqa: E402
+from light_rcnn.engine import AtomicFile  # noqa: E402
 from light_rcnn.compression import (  # noqa: E402
     build_decomposition_loader,
     decompose_layers,
@@ -104,21 +105,6 @@ def _check_rebuilds(cfg_out, model):
             f"(keys only in the rebuilt one: {sorted(rebuilt - have)[:5]}, only in the decomposed one: "
             f"{sorted(have - rebuilt)[:5]}); its __init__ must call light_rcnn.compression.apply_decomposition"
         )
-
-
-def _write_atomic(path, write):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text(path, text):
-    with open(path, "w") as f:
-        f.write(text)
 
 
 def format_reports(reports):
@@ -225,8 +211,10 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     ckpt_path, cfg_path = (os.path.join(args.output_dir, f) for f in OUTPUT_FILES)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _write_atomic(ckpt_path, lambda p: torch.save({"model": state, "decomposition": [r.as_dict() for r in reports]}, p))
-    _write_atomic(cfg_path, lambda p: _write_text(p, cfg_out.dump()))
+    with AtomicFile(ckpt_path, "wb") as f:
+        torch.save({"model": state, "decomposition": [r.as_dict() for r in reports]}, f)
+    with AtomicFile(cfg_path, "w") as f:
+        f.write(cfg_out.dump())
     print(format_reports(reports))
     print(f"Wrote {ckpt_path} and {cfg_path}")
     return reports

@@ -19,9 +19,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 REMOTE_PREFIXES = ("detectron2://", "http://", "https://")
 
 
-class _AtomicFile:
+class AtomicFile:
     """A file opened for writing as a temporary sibling; renamed over the target on a clean close,
-    deleted if the ``with`` block raised."""
+    deleted if the ``with`` block raised, so ``path`` is either untouched or complete::
+
+        with AtomicFile(path, "wb") as f:
+            torch.save(obj, f)
+    """
 
     def __init__(self, path, mode):
         self._path = path
@@ -32,7 +36,7 @@ class _AtomicFile:
         return getattr(self._f, name)
 
     def __enter__(self):
-        return self
+        return self._f
 
     def __exit__(self, exc_type, exc, tb):
         self._f.close()
@@ -44,7 +48,7 @@ class _AtomicFile:
 
 
 class _AtomicWritePathManager:
-    """Delegates to iopath's PathManager, but local writes go through :class:`_AtomicFile`."""
+    """Delegates to iopath's PathManager, but local writes go through :class:`AtomicFile`."""
 
     def __init__(self, path_manager):
         self._pm = path_manager
@@ -54,7 +58,7 @@ class _AtomicWritePathManager:
 
     def open(self, path, mode="r", **kwargs):
         if "w" in mode and "://" not in path:
-            return _AtomicFile(path, mode)
+            return AtomicFile(path, mode)
         return self._pm.open(path, mode, **kwargs)
 
 

@@ -53,7 +53,6 @@ import argparse
 import logging
 import os
 import random
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -73,6 +72,7 @@ from detectron2.utils import comm
 
 import light_rcnn.modeling  # noqa: F401  (registers the backbone builders)
 from light_rcnn.config import get_light_rcnn_cfg
+from light_rcnn.engine.checkpoint import AtomicFile
 
 __all__ = [
     "ARCH_BUILDERS",
@@ -257,17 +257,9 @@ def export_detection_state(classifier_state: Dict[str, torch.Tensor]) -> Dict[st
 
 def save_checkpoint_atomic(obj, path: str) -> None:
     """``torch.save`` to a temporary file next to ``path``, then ``os.replace`` it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with AtomicFile(path, "wb") as f:
+        torch.save(obj, f)
 
 
 # --------------------------------------------------------------------------------------------
