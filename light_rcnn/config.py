@@ -153,6 +153,20 @@ def add_light_rcnn_config(cfg):
 
 
 
+def model_zoo_config_file(name, key="config"):
+    """The file of ``detectron2://<path>`` (anything before the prefix is ignored) inside the
+    installed detectron2's model zoo; ``FileNotFoundError`` naming ``key`` if it has no such config."""
+    from detectron2 import model_zoo
+
+    zoo_path = name.split(MODEL_ZOO_PREFIX, 1)[1]
+    try:
+        return model_zoo.get_config_file(zoo_path)
+    except RuntimeError as e:
+        raise FileNotFoundError(
+            f"{key} '{MODEL_ZOO_PREFIX}{zoo_path}' is not a config of the installed detectron2's model zoo ({e})"
+        ) from e
+
+
 class LightRCNNCfgNode(CfgNode):
     """detectron2's ``CfgNode`` whose ``_BASE_`` may name a config of detectron2's model zoo.
 
@@ -166,16 +180,7 @@ class LightRCNNCfgNode(CfgNode):
     @classmethod
     def load_yaml_with_base(cls, filename, allow_unsafe=False):
         if isinstance(filename, str) and MODEL_ZOO_PREFIX in filename:
-            from detectron2 import model_zoo
-
-            zoo_path = filename.split(MODEL_ZOO_PREFIX, 1)[1]
-            try:
-                filename = model_zoo.get_config_file(zoo_path)
-            except RuntimeError as e:
-                raise FileNotFoundError(
-                    f"_BASE_ '{MODEL_ZOO_PREFIX}{zoo_path}' is not a config of the installed "
-                    f"detectron2's model zoo ({e})"
-                ) from e
+            filename = model_zoo_config_file(filename, key="_BASE_")
         return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
 
 

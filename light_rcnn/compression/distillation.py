@@ -29,7 +29,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes
 from torch import nn
 
-from ..config import MODEL_ZOO_PREFIX, load_config
+from ..config import MODEL_ZOO_PREFIX, load_config, model_zoo_config_file
 from ..modeling.light_roi_heads import LightRCNNROIHeads
 
 logger = logging.getLogger(__name__)
@@ -122,9 +122,7 @@ def roi_box_path(roi_heads):
 
 def _resolve_teacher_config(path):
     if path.startswith(MODEL_ZOO_PREFIX):
-        from detectron2 import model_zoo
-
-        return model_zoo.get_config_file(path[len(MODEL_ZOO_PREFIX):])
+        return model_zoo_config_file(path, key="MODEL.DISTILL.TEACHER_CONFIG")
     for candidate in (path, os.path.join(REPO_ROOT, path)):
         if os.path.isfile(candidate):
             return candidate
