@@ -138,3 +138,17 @@ def test_paper_schedule():
         0.01, 360000, (240000, 320000), 1e-4, 0.9, 2)
     assert cfg.INPUT.MIN_SIZE_TRAIN == (800,) and cfg.MODEL.RPN.IOU_THRESHOLDS == [0.3, 0.7]
     assert cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST == 0.5
+
+
+@pytest.mark.parametrize("parent,decomposed", [
+    ("COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_thin128_1x.yaml",
+     "COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_decomposed_1x.yaml"),
+    ("shapes/light_mask_rcnn_framework1_shapes.yaml", "shapes/light_mask_rcnn_decomposed_shapes.yaml"),
+])
+def test_decomposed_configs_differ_from_their_parent_only_in_the_decomposition(parent, decomposed):
+    # tools/decompose_net.py turns a trained `parent` into `decomposed`; any other difference
+    # would make the decomposed checkpoint fail to load (or silently change the model).
+    assert {k for k in _diff(parent, decomposed) if k != "OUTPUT_DIR"} == {
+        "MODEL.META_ARCHITECTURE", "MODEL.DECOMPOSE.LAYERS"}
+    cfg = load_config(os.path.join(CONFIG_DIR, parent))
+    assert cfg.MODEL.SLK.OUT_CHANNELS <= 128 and max(cfg.MODEL.LIGHT_HEAD.CONV_DIMS) <= 256  # thin neck
