@@ -76,15 +76,47 @@ def _norm_and_activation(conv):
 
 
 class _DecomposedConvBase(nn.Module):
-    """Two convs, then the replaced conv's norm and activation (same attribute names as
-    detectron2's ``Conv2d``, so a checkpoint's ``<name>.norm.*`` keys keep loading)."""
+    """A k x k conv, then a 1 x 1 conv with bias, then the replaced conv's norm and activation (same
+    attribute names as detectron2's ``Conv2d``, so a checkpoint's ``<name>.norm.*`` keys keep
+    loading). Subclasses name the two convs (their checkpoint keys) and return them from
+    :meth:`_parts`."""
 
     def __init__(self, norm=None, activation=None):
         super().__init__()
         self.norm = norm
         self.activation = activation
 
-    def _finish(self, x):
+    def _parts(self):
+        """(the k x k conv, the 1 x 1 conv)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _replaced_conv_kwargs(conv):
+        """Geometry, norm and activation of ``conv`` (an ``nn.Conv2d``), as constructor kwargs."""
+        norm, activation = _norm_and_activation(conv)
+        return dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                    padding_mode=conv.padding_mode, norm=norm, activation=activation)
+
+    def reset_parameters(self):
+        """He init that keeps the output variance of the replaced conv: the k x k conv is linear
+        with its weight's fan-in (k_h k_w when depthwise, C_in k_h k_w otherwise), the 1 x 1 conv
+        has ReLU gain; zero bias."""
+        spatial, pointwise = self._parts()
+        nn.init.kaiming_normal_(spatial.weight, mode="fan_in", nonlinearity="linear")
+        nn.init.kaiming_normal_(pointwise.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(pointwise.bias)
+
+    @property
+    def in_channels(self):
+        return self._parts()[0].in_channels
+
+    @property
+    def out_channels(self):
+        return self._parts()[1].out_channels
+
+    def forward(self, x):
+        spatial, pointwise = self._parts()
+        x = pointwise(spatial(x))
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
@@ -115,28 +147,10 @@ class DepthwiseSeparableConv(_DecomposedConvBase):
     @classmethod
     def from_conv(cls, conv):
         """Same geometry, norm and activation as ``conv`` (an ``nn.Conv2d``); fresh weights."""
-        norm, activation = _norm_and_activation(conv)
-        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-                   padding=conv.padding, dilation=conv.dilation, padding_mode=conv.padding_mode,
-                   norm=norm, activation=activation)
+        return cls(conv.in_channels, conv.out_channels, conv.kernel_size, **cls._replaced_conv_kwargs(conv))
 
-    def reset_parameters(self):
-        """He init that keeps the output variance of the replaced conv: the depthwise conv is
-        linear with fan-in k_h k_w, the pointwise one has fan-in C_in (ReLU gain); zero bias."""
-        nn.init.kaiming_normal_(self.depthwise.weight, mode="fan_in", nonlinearity="linear")
-        nn.init.kaiming_normal_(self.pointwise.weight, mode="fan_in", nonlinearity="relu")
-        nn.init.zeros_(self.pointwise.bias)
-
-    @property
-    def in_channels(self):
-        return self.depthwise.in_channels
-
-    @property
-    def out_channels(self):
-        return self.pointwise.out_channels
-
-    def forward(self, x):
-        return self._finish(self.pointwise(self.depthwise(x)))
+    def _parts(self):
+        return self.depthwise, self.pointwise
 
 
 class ChannelDecomposedConv(_DecomposedConvBase):
@@ -161,30 +175,15 @@ class ChannelDecomposedConv(_DecomposedConvBase):
 
     @classmethod
     def from_conv(cls, conv, rank):
-        norm, activation = _norm_and_activation(conv)
-        return cls(conv.in_channels, conv.out_channels, rank, conv.kernel_size, stride=conv.stride,
-                   padding=conv.padding, dilation=conv.dilation, padding_mode=conv.padding_mode,
-                   norm=norm, activation=activation)
+        """Same geometry, norm and activation as ``conv`` (an ``nn.Conv2d``); fresh weights."""
+        return cls(conv.in_channels, conv.out_channels, rank, conv.kernel_size, **cls._replaced_conv_kwargs(conv))
 
-    def reset_parameters(self):
-        nn.init.kaiming_normal_(self.reduce.weight, mode="fan_in", nonlinearity="linear")
-        nn.init.kaiming_normal_(self.expand.weight, mode="fan_in", nonlinearity="relu")
-        nn.init.zeros_(self.expand.bias)
+    def _parts(self):
+        return self.reduce, self.expand
 
     @property
     def rank(self):
         return self.reduce.out_channels
-
-    @property
-    def in_channels(self):
-        return self.reduce.in_channels
-
-    @property
-    def out_channels(self):
-        return self.expand.out_channels
-
-    def forward(self, x):
-        return self._finish(self.expand(self.reduce(x)))
 
 
 DECOMPOSED_TYPES = (DepthwiseSeparableConv, ChannelDecomposedConv)
