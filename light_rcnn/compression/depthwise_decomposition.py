@@ -222,10 +222,8 @@ def macs_per_position(module):
     def conv_macs(c):
         return c.in_channels // c.groups * c.out_channels * c.kernel_size[0] * c.kernel_size[1]
 
-    if isinstance(module, DepthwiseSeparableConv):
-        return conv_macs(module.depthwise) + conv_macs(module.pointwise)
-    if isinstance(module, ChannelDecomposedConv):
-        return conv_macs(module.reduce) + conv_macs(module.expand)
+    if isinstance(module, _DecomposedConvBase):
+        return sum(conv_macs(c) for c in module._parts())
     return conv_macs(module)
 
 
@@ -325,7 +323,7 @@ class _PatchRecorder:
 
     def __init__(self, name, conv, patches_per_image, seed):
         # a replacement reads its input with its first (k x k) conv's geometry
-        geometry = getattr(conv, "depthwise", None) or getattr(conv, "reduce", None) or conv
+        geometry = conv._parts()[0] if isinstance(conv, _DecomposedConvBase) else conv
         self.name, self.conv, self.ppi, self.seed = name, geometry, patches_per_image, seed
         self.chunks, self.shapes = [], []
         self._armed = None
@@ -601,21 +599,21 @@ def decompose_conv(conv, inputs, target_inputs=None, method="depthwise", compens
     if method == "depthwise":
         fit = depthwise_decomposition(conv.weight, inputs, target_inputs, compensate=compensate, fit_bias=fit_bias)
         new = DepthwiseSeparableConv.from_conv(conv)
-        weights = {"depthwise.weight": fit["depthwise"], "pointwise.weight": fit["pointwise"]}
-        weights["pointwise.bias"] = fit["bias_delta"] + bias
+        fitted = fit["depthwise"], fit["pointwise"]
     elif method == "channel":
         if rank is None:
             raise ValueError("method 'channel' needs a rank")
         fit = channel_decomposition(conv.weight, inputs, rank, target_inputs, fit_bias=fit_bias)
         new = ChannelDecomposedConv.from_conv(conv, rank)
-        weights = {"reduce.weight": fit["reduce"], "expand.weight": fit["expand"]}
-        weights["expand.bias"] = fit["bias_delta"] + bias
+        fitted = fit["reduce"], fit["expand"]
     else:
         raise ValueError(f"decomposition method {method!r}: expected one of {METHODS}")
     new = new.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    spatial, pointwise = new._parts()
     with torch.no_grad():
-        for key, value in weights.items():
-            new.get_parameter(key).copy_(value)
+        spatial.weight.copy_(fitted[0])
+        pointwise.weight.copy_(fitted[1])
+        pointwise.bias.copy_(fit["bias_delta"] + bias)
     return new, fit["relative_error"]
 
 
