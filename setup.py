@@ -4,7 +4,10 @@ setup(
     name="light_rcnn",
     version="0.1.0",
     description="Fast two-stage object detection and instance segmentation on detectron2",
-    packages=find_packages(exclude=("tests", "tests.*", "tools", "configs")),
+    packages=find_packages(exclude=("tests", "tests.*", "tools", "configs", "datasets")),
+    # The configs ship inside the package (light_rcnn/configs is a symlink to the top-level
+    # configs/ in a checkout; a wheel holds a copy), addressed as light_rcnn://<path>.
+    package_data={"light_rcnn": ["configs/*.yaml", "configs/**/*.yaml"]},
     python_requires=">=3.8",
     # detectron2 and torch are deliberately NOT listed: a cluster user's source build of
     # detectron2 must not be replaced by a second distribution. `make setup` installs them.

@@ -4,12 +4,16 @@
 ``detectron2.config.get_cfg()``); it never touches detectron2's global defaults. Every key has a
 one-line comment above it.
 """
+import os
+
 from detectron2.config import CfgNode, get_cfg
 
 CN = CfgNode
 
 # `_BASE_: "detectron2://<path>"` names a config shipped inside the installed detectron2.
 MODEL_ZOO_PREFIX = "detectron2://"
+# `light_rcnn://<path under configs/>` names a config shipped with the installed light_rcnn.
+LIGHT_RCNN_PREFIX = "light_rcnn://"
 
 
 def add_light_rcnn_config(cfg):
@@ -167,11 +171,49 @@ def model_zoo_config_file(name, key="config"):
         ) from e
 
 
-class LightRCNNCfgNode(CfgNode):
-    """detectron2's ``CfgNode`` whose ``_BASE_`` may name a config of detectron2's model zoo.
+def packaged_configs_dir():
+    """The folder of configs shipped inside the installed package (``light_rcnn/configs``: in a
+    checkout a symlink to the top-level ``configs/``, in a wheel a copy of it)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 
-    ``_BASE_: "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml"`` resolves to the
-    file shipped inside the installed detectron2 (``detectron2.model_zoo.get_config_file``), so our
+
+def light_rcnn_config_file(name, key="config"):
+    """The file of ``light_rcnn://<path under configs/>`` (anything before the prefix is ignored)
+    inside the installed package; ``FileNotFoundError`` naming ``key`` if there is no such config."""
+    rel = name.split(LIGHT_RCNN_PREFIX, 1)[1].lstrip("/")
+    path = os.path.join(packaged_configs_dir(), rel)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{key} '{LIGHT_RCNN_PREFIX}{rel}' is not a config shipped with light_rcnn "
+            f"(looked for {path})"
+        )
+    return path
+
+
+def resolve_config_file(name, key="config"):
+    """A config path as a user may write it: ``light_rcnn://<path>`` (a config shipped with the
+    package), ``detectron2://<path>`` (detectron2's model zoo) or a file path.
+
+    Returns a path that exists; raises ``FileNotFoundError`` naming ``key`` otherwise."""
+    if LIGHT_RCNN_PREFIX in name:
+        return light_rcnn_config_file(name, key=key)
+    if MODEL_ZOO_PREFIX in name:
+        return model_zoo_config_file(name, key=key)
+    if not os.path.isfile(name):
+        raise FileNotFoundError(
+            f"{key} {name!r}: no such file (relative to {os.getcwd()}); name a YAML file, "
+            f"'{LIGHT_RCNN_PREFIX}<path under configs/>' or '{MODEL_ZOO_PREFIX}<path>'"
+        )
+    return name
+
+
+class LightRCNNCfgNode(CfgNode):
+    """detectron2's ``CfgNode`` whose ``_BASE_`` (and ``merge_from_file``) may name a config of
+    light_rcnn or of detectron2's model zoo by prefix.
+
+    ``light_rcnn://shapes/light_mask_rcnn_framework1_shapes.yaml`` resolves to the config shipped
+    with the installed package; ``detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml``
+    to the file inside the installed detectron2 (``detectron2.model_zoo.get_config_file``), so our
     YAML files inherit detectron2's own instead of copying them. fvcore joins a relative ``_BASE_``
     to the including file's folder before calling this method, so the prefix is looked for
     anywhere in the path. Every other ``_BASE_`` behaves as in detectron2.
@@ -179,9 +221,13 @@ class LightRCNNCfgNode(CfgNode):
 
     @classmethod
     def load_yaml_with_base(cls, filename, allow_unsafe=False):
-        if isinstance(filename, str) and MODEL_ZOO_PREFIX in filename:
-            filename = model_zoo_config_file(filename, key="_BASE_")
+        if isinstance(filename, str) and (LIGHT_RCNN_PREFIX in filename or MODEL_ZOO_PREFIX in filename):
+            filename = resolve_config_file(filename, key="_BASE_")
         return super().load_yaml_with_base(filename, allow_unsafe=allow_unsafe)
+
+    def merge_from_file(self, cfg_filename, allow_unsafe=True):
+        # detectron2 asserts the file exists before reading _BASE_; resolve the prefixes first.
+        return super().merge_from_file(resolve_config_file(cfg_filename), allow_unsafe=allow_unsafe)
 
 
 def get_light_rcnn_cfg():
@@ -195,7 +241,7 @@ def load_config(config_file=None, opts=()):
     ``KEY VALUE`` overrides. Returns an unfrozen config."""
     cfg = get_light_rcnn_cfg()
     if config_file:
-        cfg.merge_from_file(config_file)
+        cfg.merge_from_file(resolve_config_file(config_file, key="--config-file"))
     if opts:
         cfg.merge_from_list(list(opts))
     return cfg

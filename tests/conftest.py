@@ -60,3 +60,38 @@ def box_mask_targets(h, w, boxes, classes):
         m[int(y0):int(y1), int(x0):int(x1)] = True
     inst.gt_masks = BitMasks(masks)
     return inst
+
+
+# ------------------------------------------------------------------------------------------------
+# Fixtures (use these; never import conftest as a module).
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_resnet():
+    """KEY VALUE overrides that shrink any ResNet-based config to a few thousand parameters."""
+    return list(TINY_RESNET)
+
+
+@pytest.fixture
+def tiny_sizes():
+    """KEY VALUE overrides: 64-96 px inputs, few proposals and ROIs, no loader workers."""
+    return list(TINY_SIZES)
+
+
+@pytest.fixture(name="tiny_shapes_opts")
+def _tiny_shapes_opts_fixture():
+    """``f(root, num_train=16, num_val=6, image_size=64)`` -> KEY VALUE overrides of a tiny shapes set."""
+    return tiny_shapes_opts
+
+
+@pytest.fixture(name="box_mask_targets")
+def _box_mask_targets_fixture():
+    """``f(h, w, boxes, classes)`` -> ground-truth ``Instances`` with box-shaped bit masks."""
+    return box_mask_targets
+
+
+@pytest.fixture
+def config_file():
+    """``f("shapes/x.yaml")`` -> the path of a config shipped with light_rcnn (``light_rcnn://``)."""
+    from light_rcnn.config import resolve_config_file
+
+    return lambda rel: resolve_config_file("light_rcnn://" + rel)
