@@ -2,10 +2,14 @@
 
 It trains through the same :class:`light_rcnn.engine.Trainer` as ``tools/train_net.py`` (one
 process), evaluates with detectron2's COCOEvaluator on ``shapes_val``, and draws the trained
-model's masks with detectron2's ``Visualizer``.
+model's masks with detectron2's ``Visualizer``. Training is seeded by the config's ``SEED``
+(as ``default_setup`` does for train_net); :func:`run_demo_seeds` repeats the demo over several
+seeds and reports mean, standard deviation and minimum of each AP.
 """
+import json
 import logging
 import os
+import statistics
 import time
 
 import cv2
@@ -13,6 +17,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
@@ -20,8 +25,9 @@ from .config import load_config
 from .data import register_shapes_datasets
 from .engine import Trainer, check_output_dir, check_weights
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DEMO_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "light_mask_rcnn_framework1_shapes.yaml")
+DEFAULT_DEMO_CONFIG = "light_rcnn://shapes/light_mask_rcnn_framework1_shapes.yaml"
+# The AP figures :func:`run_demo_seeds` aggregates, per task.
+SEED_SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def draw_predictions(cfg, weights, dataset_name, out_file, num_images=6, min_score=0.5):
@@ -74,6 +80,8 @@ def run_demo(config_file, output_dir, opts=(), num_images=6):
     cfg.freeze()
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     setup_logger(output=cfg.OUTPUT_DIR)
+    # Same seeding as detectron2's default_setup (one process): SEED < 0 draws a random seed.
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
         f.write(cfg.dump())
     register_shapes_datasets(cfg)
@@ -97,3 +105,72 @@ def run_demo(config_file, output_dir, opts=(), num_images=6):
     logging.getLogger("light_rcnn").info("demo finished")
     print(format_summary(results, timings, cfg.OUTPUT_DIR, png), flush=True)
     return results, timings, png
+
+
+def summarize_seeds(per_seed):
+    """``{seed: {task: {metric: value}}}`` -> ``{task: {metric: {"mean", "std", "min", "max", "n"}}}``
+    (sample standard deviation, ``nan`` for one seed); missing or NaN values are left out."""
+    summary = {}
+    for task in ("bbox", "segm"):
+        for key in SEED_SUMMARY_KEYS:
+            values = [r.get(task, {}).get(key) for r in per_seed.values()]
+            values = [float(v) for v in values if v is not None and v == v]
+            if not values:
+                continue
+            summary.setdefault(task, {})[key] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else float("nan"),
+                "min": min(values),
+                "max": max(values),
+                "n": len(values),
+            }
+    return summary
+
+
+def format_seed_summary(per_seed, summary, seconds):
+    lines = ["", "=" * 72, f"light_rcnn demo over {len(per_seed)} seeds", "=" * 72]
+    for seed, r in per_seed.items():
+        lines.append(
+            f"seed {seed}: bbox AP {r.get('bbox', {}).get('AP', float('nan')):5.1f}  "
+            f"segm AP {r.get('segm', {}).get('AP', float('nan')):5.1f}  ({seconds[seed]:.0f} s)"
+        )
+    for task in ("bbox", "segm"):
+        for key in ("AP", "AP50"):
+            m = summary.get(task, {}).get(key)
+            if m:
+                lines.append(
+                    f"{task:5s} {key:5s} mean {m['mean']:5.1f} +- {m['std']:4.1f} (std)  "
+                    f"min {m['min']:5.1f}  max {m['max']:5.1f}  n={m['n']}"
+                )
+    return "\n".join(lines)
+
+
+def run_demo_seeds(config_file, output_dir, seeds, opts=(), num_images=6):
+    """Run :func:`run_demo` once per seed (``SEED <s>``, outputs in ``<output_dir>/seed<s>``), then
+    print and write (``<output_dir>/seeds_summary.json``) mean +- std and min of every AP.
+
+    Returns ``(per_seed_results, summary)``."""
+    if not seeds:
+        raise ValueError("run_demo_seeds: give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"run_demo_seeds: seeds must differ, got {list(seeds)}")
+    if any(int(s) < 0 for s in seeds):
+        raise ValueError(f"run_demo_seeds: seeds must be >= 0 (a negative SEED is random), got {list(seeds)}")
+    summary_file = os.path.join(output_dir, "seeds_summary.json")
+    if os.path.exists(summary_file):
+        raise FileExistsError(f"{summary_file} exists (an earlier multi-seed run); pick a new --output-dir")
+    per_seed, seconds = {}, {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        results, _, _ = run_demo(
+            config_file, os.path.join(output_dir, f"seed{int(seed)}"), list(opts) + ["SEED", int(seed)], num_images
+        )
+        per_seed[int(seed)] = {t: dict(results.get(t, {})) for t in ("bbox", "segm")}
+        seconds[int(seed)] = time.perf_counter() - t0
+    summary = summarize_seeds(per_seed)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(summary_file, "w") as f:
+        json.dump({"config_file": config_file, "opts": [str(o) for o in opts], "per_seed": per_seed,
+                   "seconds": seconds, "summary": summary}, f, indent=2)
+    print(format_seed_summary(per_seed, summary, seconds), flush=True)
+    return per_seed, summary

@@ -1,41 +1,90 @@
-"""light_rcnn.demo (what `make demo` runs), at a tiny size: trains, evaluates, draws, summarizes."""
+"""light_rcnn.demo (what `make demo` runs), at a tiny size: trains, evaluates, draws, summarizes;
+seeded runs repeat; the multi-seed summary aggregates correctly."""
+import json
+import math
 import os
 
 import cv2
 import pytest
 import torch
 
-from light_rcnn.demo import DEFAULT_DEMO_CONFIG, format_summary, run_demo
-from tests.conftest import TINY_RESNET, TINY_SIZES, tiny_shapes_opts
+from light_rcnn.demo import DEFAULT_DEMO_CONFIG, format_summary, run_demo, run_demo_seeds, summarize_seeds
 
 
-def _opts(shapes_root):
-    return TINY_RESNET + TINY_SIZES + tiny_shapes_opts(shapes_root) + [
+@pytest.fixture
+def demo_opts(shapes_root, tiny_resnet, tiny_sizes, tiny_shapes_opts):
+    return tiny_resnet + tiny_sizes + tiny_shapes_opts(shapes_root) + [
         "SOLVER.MAX_ITER", 6, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.STEPS", (), "SOLVER.WARMUP_ITERS", 2,
         "SOLVER.CHECKPOINT_PERIOD", 100, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
     ]
 
 
-def test_demo_trains_evaluates_draws_and_summarizes(shapes_root, tmp_path, capsys):
+def _weights(out):
+    return torch.load(os.path.join(out, "model_final.pth"), map_location="cpu", weights_only=False)["model"]
+
+
+def test_demo_trains_evaluates_draws_and_summarizes(demo_opts, tmp_path, capsys):
     out = str(tmp_path / "demo")
-    results, timings, png = run_demo(DEFAULT_DEMO_CONFIG, out, _opts(shapes_root), num_images=3)
+    results, timings, png = run_demo(DEFAULT_DEMO_CONFIG, out, demo_opts, num_images=3)
     # COCOEvaluator ran on shapes_val: both tasks with the size breakdown.
     for task in ("bbox", "segm"):
         assert {"AP", "AP50", "AP75", "APs", "APm", "APl"} <= set(results[task])
     assert os.path.isfile(os.path.join(out, "model_final.pth"))
     image = cv2.imread(png)
     assert image is not None and image.shape[1] > image.shape[0]  # three panels side by side
-    assert set(timings) == {"data", "train+eval", "draw", "total"}
+    assert timings["total"] >= timings["train+eval"] > 0
     printed = capsys.readouterr().out
     assert "light_rcnn demo summary" in printed and "segm  AP" in printed and png in printed
 
 
-def test_demo_refuses_an_earlier_runs_folder(shapes_root, tmp_path):
+def test_same_seed_same_model_other_seed_other_model(demo_opts, tmp_path):
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        out = str(tmp_path / name)
+        runs[name] = (run_demo(DEFAULT_DEMO_CONFIG, out, demo_opts + ["SEED", seed], num_images=1)[0], _weights(out))
+    (res_a, w_a), (res_b, w_b), (_, w_c) = runs["a"], runs["b"], runs["c"]
+    assert w_a.keys() == w_b.keys()
+    for k in w_a:
+        assert torch.equal(w_a[k], w_b[k]), f"{k} differs between two runs with SEED 3"
+    for task in ("bbox", "segm"):
+        for key, value in res_a[task].items():
+            assert value == res_b[task][key] or (math.isnan(value) and math.isnan(res_b[task][key]))
+    assert any(not torch.equal(w_a[k], w_c[k]) for k in w_a if w_a[k].is_floating_point())
+
+
+def test_summarize_seeds_mean_std_min():
+    per_seed = {
+        0: {"bbox": {"AP": 30.0}, "segm": {"AP": 20.0, "AP50": float("nan")}},
+        1: {"bbox": {"AP": 40.0}, "segm": {"AP": 26.0, "AP50": 50.0}},
+        2: {"bbox": {"AP": 50.0}, "segm": {"AP": 23.0, "AP50": 54.0}},
+    }
+    s = summarize_seeds(per_seed)
+    assert s["bbox"]["AP"]["mean"] == pytest.approx(40.0) and s["bbox"]["AP"]["std"] == pytest.approx(10.0)
+    assert s["segm"]["AP"]["min"] == 20.0 and s["segm"]["AP"]["max"] == 26.0
+    assert s["segm"]["AP"]["std"] == pytest.approx(3.0)
+    assert s["segm"]["AP50"]["n"] == 2 and s["segm"]["AP50"]["mean"] == pytest.approx(52.0)  # NaN left out
+
+
+def test_run_demo_seeds_writes_summary_and_refuses_rerun(demo_opts, tmp_path, capsys):
+    out = str(tmp_path / "seeds")
+    per_seed, summary = run_demo_seeds(DEFAULT_DEMO_CONFIG, out, [0, 1], demo_opts, num_images=1)
+    assert set(per_seed) == {0, 1} and all(os.path.isfile(os.path.join(out, f"seed{s}", "model_final.pth")) for s in (0, 1))
+    with open(os.path.join(out, "seeds_summary.json")) as f:
+        written = json.load(f)
+    assert written["summary"]["segm"]["AP"]["n"] == summary["segm"]["AP"]["n"]
+    assert "over 2 seeds" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="seeds_summary.json"):
+        run_demo_seeds(DEFAULT_DEMO_CONFIG, out, [0, 1], demo_opts)
+    with pytest.raises(ValueError, match="seeds must differ"):
+        run_demo_seeds(DEFAULT_DEMO_CONFIG, str(tmp_path / "x"), [1, 1], demo_opts)
+
+
+def test_demo_refuses_an_earlier_runs_folder(demo_opts, tmp_path):
     out = tmp_path / "earlier"
     out.mkdir()
     (out / "model_final.pth").write_bytes(b"earlier run")
     with pytest.raises(Exception, match="model_final.pth|checkpoint"):
-        run_demo(DEFAULT_DEMO_CONFIG, str(out), _opts(shapes_root))
+        run_demo(DEFAULT_DEMO_CONFIG, str(out), demo_opts)
     assert (out / "model_final.pth").read_bytes() == b"earlier run"
 
 

@@ -4,15 +4,13 @@ COCOEvaluator, draw predicted masks on validation images and print a summary.
 
     python tools/demo.py                                  # the default demo (framework 1, shapes)
     python tools/demo.py --config-file CFG [KEY VALUE ...]
+    python tools/demo.py --seeds 0 1 2                    # one run per seed, then mean +- std, min
 """
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from light_rcnn.demo import DEFAULT_DEMO_CONFIG, run_demo  # noqa: E402
+from light_rcnn.demo import DEFAULT_DEMO_CONFIG, run_demo, run_demo_seeds
 
 
 def main():
@@ -24,9 +22,17 @@ def main():
         help="new folder for checkpoints, evaluation and the PNG (never an existing run's)",
     )
     parser.add_argument("--num-images", type=int, default=6, help="validation images to draw")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None,
+        help="train once per seed (SEED override, outputs in <output-dir>/seed<s>) and report "
+        "mean +- std and min of each AP; default: one run with the config's SEED",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args()
-    run_demo(args.config_file, args.output_dir, args.opts, num_images=args.num_images)
+    if args.seeds:
+        run_demo_seeds(args.config_file, args.output_dir, args.seeds, args.opts, num_images=args.num_images)
+    else:
+        run_demo(args.config_file, args.output_dir, args.opts, num_images=args.num_images)
 
 
 if __name__ == "__main__":
