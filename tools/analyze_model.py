@@ -4,19 +4,24 @@ MODEL.WEIGHTS is given), like detectron2's tools/analyze_model.py; one summary l
 FLOPs are fvcore counts: one multiply-add = one flop, at one synthetic image of --image-size.
 
     python tools/analyze_model.py --tasks flop parameter \\
-        --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml \\
-        --config-file configs/COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework1_1x.yaml
+        --config-file light_rcnn://COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml \\
+        --config-file light_rcnn://COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework1_1x.yaml
     python tools/analyze_model.py --tasks structure --config-file A.yaml MODEL.SLK.KERNEL_SIZE 7 -- MODEL.DEVICE cpu
 """
 import argparse
 import json
-import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import light_rcnn  # noqa: F401  (registers components)
+from light_rcnn.analysis.model_stats import analyze_configs, format_analysis
 
-import light_rcnn  # noqa: E402,F401  (registers components)
-from light_rcnn.analysis.model_stats import analyze_configs  # noqa: E402
+
+def image_size(text):
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--image-size '{text}': expected HxW, e.g. 800x1333")
+    return h, w
 
 
 def get_parser():
@@ -25,7 +30,7 @@ def get_parser():
                    help="a config, followed by its own overrides; repeatable")
     p.add_argument("--tasks", nargs="+", choices=["flop", "activation", "parameter", "structure"],
                    default=["flop", "parameter"])
-    p.add_argument("--image-size", default="800x1333", metavar="HxW")
+    p.add_argument("--image-size", type=image_size, default="800x1333", metavar="HxW")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-depth", type=int, default=3, help="depth of the parameter table")
     p.add_argument("--fixed-work", nargs=2, type=int, metavar=("PROPOSALS", "DETECTIONS"),
@@ -38,29 +43,12 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    h, w = (int(v) for v in args.image_size.lower().split("x"))
     results = analyze_configs(
         [e[0] for e in args.config_file], [o for o in args.opts if o != "--"], tasks=args.tasks,
-        image_size=(h, w), device=args.device, max_depth=args.max_depth,
+        image_size=args.image_size, device=args.device, max_depth=args.max_depth,
         per_config_opts=[e[1:] for e in args.config_file], fixed_work=args.fixed_work,
     )
-    for r in results:
-        print(f"===== {r['name']} ({r['config_file']})")
-        if r.get("error"):
-            print(f"FAILED: {r['error']}")
-            continue
-        if "parameter_table" in r:
-            print("Parameters by module:\n" + r["parameter_table"])
-        if r.get("flops"):
-            print("FLOPs (multiply-adds) by module:")
-            for k, v in sorted(r["flops"]["by_module"].items()):
-                print(f"  {k:40s} {v / 1e9:10.3f} G")
-            print("FLOPs by operator: " + ", ".join(f"{k} {v / 1e9:.3f}G" for k, v in r["flops"]["by_operator"].items()))
-        if "structure" in r:
-            print(r["structure"])
-    print("\nSummary:")
-    for r in results:
-        print(r["summary"])
+    print(format_analysis(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Latency by stage, peak memory, FLOPs and size of detectors at equal work; see
-light_rcnn/analysis/benchmark.py for what is measured and how.
+"""Latency by stage, peak memory, FLOPs and size of detectors at equal work; see the package
+light_rcnn.analysis.benchmark for what is measured and how.
 
     # Light Mask R-CNN vs. the Mask R-CNN R50-C4 baseline, CPU, fixed work (300 proposals, 100 masks)
     python tools/benchmark.py \\
-        --config-file configs/COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml \\
-        --config-file configs/COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework1_1x.yaml \\
+        --config-file light_rcnn://COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml \\
+        --config-file light_rcnn://COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework1_1x.yaml \\
         --device cpu --threads 8 --image-size 800x1333 --warmup 3 --iters 20 --output-dir output/bench
     # per-config overrides follow the file; global ones come after "--"
     python tools/benchmark.py --config-file A.yaml MODEL.SLK.KERNEL_SIZE 7 --config-file A.yaml \\
@@ -21,10 +21,8 @@ import os
 import shlex
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import light_rcnn  # noqa: E402,F401  (registers components)
-from light_rcnn.analysis.benchmark import BenchmarkSettings, make_specs, run_benchmark  # noqa: E402
+import light_rcnn  # noqa: F401  (registers components)
+from light_rcnn.analysis.benchmark import BenchmarkSettings, make_specs, run_benchmark
 
 
 def image_size(text):

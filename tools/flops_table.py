@@ -7,12 +7,8 @@ See :mod:`light_rcnn.analysis.flops_table` for what is counted (fvcore; one mult
 flop; convolutions and fully-connected layers only).
 """
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from light_rcnn.analysis.flops_table import flops_table, format_markdown  # noqa: E402
+from light_rcnn.analysis.flops_table import flops_table, format_markdown
 
 
 def main(argv=None):

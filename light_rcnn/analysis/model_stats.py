@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .build import build_detector, config_name, measurement_config
+
 logger = logging.getLogger(__name__)
 
 MIB = float(2 ** 20)
@@ -211,7 +213,7 @@ def analyze_configs(
     FLOPs and activations are measured on one synthetic ``image_size`` image at each config's own
     test settings (proposal and detection counts are those of the config), or, with
     ``fixed_work=(N, M)``, at the benchmark's fixed work (N proposals, M detections reaching the mask
-    head; see :func:`light_rcnn.analysis.benchmark.fixed_work_opts`). A config that fails is reported
+    head; see :func:`light_rcnn.analysis.build.fixed_work_opts`). A config that fails is reported
     with its error and the others still run.
 
     Returns:
@@ -220,12 +222,6 @@ def analyze_configs(
         ``activations``, ``parameter_table``, ``structure``; ``summary`` (one line); ``error``
         (None or "Type: message").
     """
-    from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.modeling import build_model
-
-    from .benchmark import config_name, fixed_work_opts, resolve_weights, zero_box_regression
-    from ..config import load_config
-
     per_config_opts = per_config_opts or [()] * len(config_files)
     results = []
     names = list(names) if names else [config_name(f, o) for f, o in zip(config_files, per_config_opts)]
@@ -234,19 +230,12 @@ def analyze_configs(
         all_opts = list(opts) + list(own_opts)
         rec = {"name": name, "config_file": cfg_file, "opts": all_opts, "input": f"{h}x{w}", "error": None}
         try:
-            cfg = load_config(cfg_file, all_opts)
-            weights = resolve_weights(cfg, all_opts)
+            mc = measurement_config(cfg_file, all_opts, device=device, fixed_work=fixed_work)
+            weights = mc.weights
             if fixed_work:
-                cfg.merge_from_list(fixed_work_opts(cfg, *fixed_work))
                 rec["input"] += f", {fixed_work[0]} proposals, {fixed_work[1]} detections"
-            cfg.MODEL.WEIGHTS = ""
-            cfg.MODEL.DEVICE = device
-            cfg.freeze()
-            model = build_model(cfg)
-            if weights:
-                DetectionCheckpointer(model).load(weights)
-            elif fixed_work:
-                zero_box_regression(model)  # random weights: keep every box on the image (see there)
+            # random weights at fixed work: keep every box on the image (see zero_box_regression)
+            model, _ = build_detector(mc.cfg, weights, zero_regression=bool(fixed_work))
             model.eval()
             rec["weights"] = weights
             rec["params"] = count_parameters(model)
@@ -286,3 +275,27 @@ def average_flops(analyses) -> Dict[str, float]:
         "num_inputs": int(len(totals)),
         "by_operator": {k: v / len(totals) for k, v in c.items()},
     }
+
+
+def format_analysis(results: Sequence[Dict[str, object]]) -> str:
+    """The report ``tools/analyze_model.py`` prints: per config its parameter table, FLOPs by
+    module and operator, structure (those computed), then one summary line per config."""
+    lines = []
+    for r in results:
+        lines.append(f"===== {r['name']} ({r['config_file']})")
+        if r.get("error"):
+            lines.append(f"FAILED: {r['error']}")
+            continue
+        if "parameter_table" in r:
+            lines.append("Parameters by module:\n" + r["parameter_table"])
+        if r.get("flops"):
+            lines.append("FLOPs (multiply-adds) by module:")
+            for k, v in sorted(r["flops"]["by_module"].items()):
+                lines.append(f"  {k:40s} {v / 1e9:10.3f} G")
+            lines.append("FLOPs by operator: "
+                         + ", ".join(f"{k} {v / 1e9:.3f}G" for k, v in r["flops"]["by_operator"].items()))
+        if "structure" in r:
+            lines.append(r["structure"])
+    lines.append("\nSummary:")
+    lines.extend(r["summary"] for r in results)
+    return "\n".join(lines)

@@ -1,19 +1,14 @@
 """light_rcnn.analysis.model_stats and tools/analyze_model.py on tiny configs."""
-import importlib.util
-import os
-
 import pytest
 from torch import nn
 
 import light_rcnn  # noqa: F401
 from light_rcnn.analysis.model_stats import analyze_configs, count_parameters, weights_size_mib
 
-from .test_benchmark import REPO_ROOT, write_configs
 
-
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory):
-    return write_configs(str(tmp_path_factory.mktemp("cfg")))
+@pytest.fixture
+def configs(tiny_d2_configs):
+    return tiny_d2_configs
 
 
 def test_counts_and_fp32_size():
@@ -51,12 +46,8 @@ def test_parameters_match_model(configs):
     assert r["flops"] is None
 
 
-def test_cli_two_configs(configs, capsys):
-    path = os.path.join(REPO_ROOT, "tools", "analyze_model.py")
-    spec = importlib.util.spec_from_file_location("tool_analyze_model", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    rc = tool.main(["--config-file", configs[0], "--config-file", configs[1], "MODEL.FPN.OUT_CHANNELS", "8",
+def test_cli_two_configs(configs, load_tool, capsys):
+    rc = load_tool("analyze_model").main(["--config-file", configs[0], "--config-file", configs[1], "MODEL.FPN.OUT_CHANNELS", "8",
                     "--tasks", "parameter", "--image-size", "96x128"])
     out = capsys.readouterr().out
     assert rc == 0
