@@ -1,5 +1,6 @@
-"""Every YAML under configs/ loads, builds, trains one step and runs one inference on CPU at a tiny
-size (DensePose's test_setup.py idea); the ablation configs vary only what their table varies."""
+"""Every YAML shipped in the package's configs/ loads by its ``light_rcnn://`` name, builds, trains
+one step and runs one inference on CPU at a tiny size (DensePose's test_setup.py idea); the
+ablation configs vary only what their table varies."""
 import glob
 import os
 
@@ -10,17 +11,15 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from light_rcnn import load_config
+from light_rcnn.config import packaged_configs_dir
 
-from .conftest import REPO_ROOT, TINY_RESNET
-
-CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
-# Leaf configs; a Base-*.yaml is an incomplete architecture exercised through its leaves.
-ALL_CONFIGS = sorted(
-    os.path.relpath(p, CONFIG_DIR)
-    for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
-    if not os.path.basename(p).startswith("Base-")
+CONFIG_DIR = packaged_configs_dir()  # listed at collection time; loaded by light_rcnn:// name
+EVERY_YAML = sorted(
+    os.path.relpath(p, CONFIG_DIR) for p in glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True)
 )
-SHRINK = TINY_RESNET + [
+# Leaf configs; a Base-*.yaml is an incomplete architecture exercised through its leaves.
+ALL_CONFIGS = [name for name in EVERY_YAML if not os.path.basename(name).startswith("Base-")]
+SHRINK = [
     "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 64, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 16,
     "MODEL.RPN.PRE_NMS_TOPK_TEST", 32, "MODEL.RPN.POST_NMS_TOPK_TEST", 8,
@@ -55,8 +54,36 @@ def _inputs(mask_on):
     return [{"image": torch.rand(3, 70, 90) * 255, "instances": inst}]
 
 
+def _load(name, opts=()):
+    return load_config(f"light_rcnn://{name}", opts)
+
+
 def test_configs_found():
     assert len(ALL_CONFIGS) >= 30, ALL_CONFIGS
+    assert {"Base-LightRCNN-C4.yaml", "COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework1_1x.yaml",
+            "shapes/light_mask_rcnn_framework1_shapes.yaml"} <= set(EVERY_YAML)
+
+
+@pytest.mark.parametrize("name", EVERY_YAML)
+def test_config_loads_by_its_light_rcnn_name_as_by_its_path(name):
+    by_name = _load(name)
+    assert by_name.dump() == load_config(os.path.join(CONFIG_DIR, name)).dump()
+    assert by_name.VERSION == 2
+
+
+def test_a_user_config_inherits_a_shipped_one_by_name(tmp_path):
+    parent = "shapes/light_mask_rcnn_framework1_shapes.yaml"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f'_BASE_: "light_rcnn://{parent}"\nSOLVER:\n  MAX_ITER: 7\n')
+    cfg, base = load_config(str(mine)), _load(parent)
+    assert base.SOLVER.MAX_ITER != 7 and cfg.SOLVER.MAX_ITER == 7
+    assert _diff_cfgs(cfg, base) == {"SOLVER.MAX_ITER"}
+
+
+def test_unknown_light_rcnn_name_is_refused():
+    message = r"'light_rcnn://shapes/nope.yaml' is not a config shipped with light_rcnn"
+    with pytest.raises(FileNotFoundError, match=message):
+        _load("shapes/nope.yaml")
 
 
 def _teacher_checkpoint(cfg, folder):
@@ -69,8 +96,8 @@ def _teacher_checkpoint(cfg, folder):
 
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
-def test_config_builds_trains_one_step_and_infers(name, tmp_path):
-    cfg = _shrink(load_config(os.path.join(CONFIG_DIR, name), SHRINK))
+def test_config_builds_trains_one_step_and_infers(name, tmp_path, tiny_resnet):
+    cfg = _shrink(_load(name, tiny_resnet + SHRINK))
     if cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN":
         cfg.merge_from_list(["MODEL.DISTILL.TEACHER_WEIGHTS", _teacher_checkpoint(cfg, tmp_path)])
     torch.manual_seed(0)
@@ -98,9 +125,13 @@ def _flat(cfg, prefix=""):
     return out
 
 
-def _diff(a, b):
-    fa, fb = _flat(load_config(os.path.join(CONFIG_DIR, a))), _flat(load_config(os.path.join(CONFIG_DIR, b)))
+def _diff_cfgs(a, b):
+    fa, fb = _flat(a), _flat(b)
     return {k for k in fa if fa[k] != fb[k]}
+
+
+def _diff(a, b):
+    return _diff_cfgs(_load(a), _load(b))
 
 
 TABLE_II = {"MODEL.SLK.MID_CHANNELS", "MODEL.SLK.OUT_CHANNELS", "MODEL.ROI_HEADS.NAME"}
@@ -108,16 +139,15 @@ TABLE_III = {"MODEL.LIGHT_HEAD.CONV_DIMS", "MODEL.LIGHT_HEAD.BOX_POOL_SIZE"}
 ABLATION = "COCO-InstanceSegmentation/ablation"
 
 
-@pytest.mark.parametrize("name", sorted(glob.glob(os.path.join(CONFIG_DIR, ABLATION, "*.yaml"))))
+@pytest.mark.parametrize("name", [n for n in EVERY_YAML if n.startswith(ABLATION + "/")])
 def test_ablation_configs_differ_only_in_what_their_table_varies(name):
-    name = os.path.relpath(name, CONFIG_DIR)
     varied = TABLE_II if os.path.basename(name).startswith("slk") else TABLE_III
     assert _diff(name, f"{ABLATION}/Base-Ablation.yaml") <= varied
 
 
 def test_table_rows_have_the_papers_values():
     def get(name):
-        return load_config(os.path.join(CONFIG_DIR, ABLATION, name))
+        return _load(f"{ABLATION}/{name}")
 
     for c in (64, 128, 256):
         for head, kind in (("c5", "ThinRes5ROIHeads"), ("redesigned", "LightRCNNROIHeads")):
@@ -132,7 +162,7 @@ def test_table_rows_have_the_papers_values():
 
 
 def test_paper_schedule():
-    cfg = load_config(os.path.join(CONFIG_DIR, "COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework1_paper.yaml"))
+    cfg = _load("COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework1_paper.yaml")
     s = cfg.SOLVER
     assert (s.BASE_LR, s.MAX_ITER, tuple(s.STEPS), s.WEIGHT_DECAY, s.MOMENTUM, s.IMS_PER_BATCH) == (
         0.01, 360000, (240000, 320000), 1e-4, 0.9, 2)
@@ -150,5 +180,5 @@ def test_decomposed_configs_differ_from_their_parent_only_in_the_decomposition(p
     # would make the decomposed checkpoint fail to load (or silently change the model).
     assert {k for k in _diff(parent, decomposed) if k != "OUTPUT_DIR"} == {
         "MODEL.META_ARCHITECTURE", "MODEL.DECOMPOSE.LAYERS"}
-    cfg = load_config(os.path.join(CONFIG_DIR, parent))
+    cfg = _load(parent)
     assert cfg.MODEL.SLK.OUT_CHANNELS <= 128 and max(cfg.MODEL.LIGHT_HEAD.CONV_DIMS) <= 256  # thin neck

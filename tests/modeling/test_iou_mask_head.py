@@ -10,9 +10,6 @@ from detectron2.utils.events import EventStorage
 from light_rcnn import load_config
 from light_rcnn.modeling.iou_mask_head import IoUMaskRCNNConvUpsampleHead, mask_head_targets, soft_iou_loss
 
-from ..conftest import REPO_ROOT
-
-BASE = f"{REPO_ROOT}/configs/Base-LightRCNN-C4.yaml"
 BIG = 30.0  # sigmoid(30) = 1 - 9e-14: "certain" logits
 
 
@@ -65,6 +62,7 @@ def test_no_instances_gives_zero_connected_to_the_graph():
     loss = soft_iou_loss(logits, torch.zeros(0, 28, 28))
     assert loss.item() == 0.0
     loss.backward()
+    assert logits.grad is not None and logits.grad.shape == (0, 28, 28)
 
 
 def test_shape_mismatch_raises():
@@ -72,14 +70,21 @@ def test_shape_mismatch_raises():
         soft_iou_loss(torch.zeros(2, 28, 28), torch.zeros(2, 14, 14))
 
 
-def _head(loss_type, **opts):
-    extra = [item for k, v in opts.items() for item in (f"MODEL.MASK_LOSS.{k}", v)]
-    cfg = load_config(BASE, [
-        "MODEL.ROI_MASK_HEAD.NAME", "IoUMaskRCNNConvUpsampleHead", "MODEL.ROI_MASK_HEAD.CONV_DIM", 8,
-        "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.MASK_LOSS.TYPE", loss_type,
-    ] + extra)
-    torch.manual_seed(0)
-    return build_mask_head(cfg, ShapeSpec(channels=6, height=14, width=14))
+@pytest.fixture
+def make_head(config_file):
+    """``f(loss_type, **MASK_LOSS overrides)`` -> a seeded IoU mask head: 6 -> 8 channels, 3 classes."""
+    base = config_file("Base-LightRCNN-C4.yaml")
+
+    def make(loss_type, **opts):
+        extra = [item for k, v in opts.items() for item in (f"MODEL.MASK_LOSS.{k}", v)]
+        cfg = load_config(base, [
+            "MODEL.ROI_MASK_HEAD.NAME", "IoUMaskRCNNConvUpsampleHead", "MODEL.ROI_MASK_HEAD.CONV_DIM", 8,
+            "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.MASK_LOSS.TYPE", loss_type,
+        ] + extra)
+        torch.manual_seed(0)
+        return build_mask_head(cfg, ShapeSpec(channels=6, height=14, width=14))
+
+    return make
 
 
 def _fg_proposals():
@@ -102,9 +107,9 @@ def _fg_proposals():
 @pytest.mark.parametrize(
     "loss_type,keys", [("BCE", {"loss_mask"}), ("IOU", {"loss_mask_iou"}), ("BCE+IOU", {"loss_mask", "loss_mask_iou"})]
 )
-def test_head_trains_with_each_loss_choice(loss_type, keys):
-    head = _head(loss_type)
-    assert isinstance(head, IoUMaskRCNNConvUpsampleHead) and isinstance(head, MaskRCNNConvUpsampleHead)
+def test_head_trains_with_each_loss_choice(make_head, loss_type, keys):
+    head = make_head(loss_type)
+    assert isinstance(head, IoUMaskRCNNConvUpsampleHead)
     head.train()
     torch.manual_seed(1)
     x = torch.randn(3, 6, 14, 14)
@@ -124,8 +129,8 @@ def test_head_trains_with_each_loss_choice(loss_type, keys):
     assert totals[-1] < totals[0], totals
 
 
-def test_iou_term_equals_soft_iou_of_gt_class_masks_and_is_weighted():
-    head = _head("BCE+IOU", BCE_WEIGHT=0.5, IOU_WEIGHT=3.0)
+def test_iou_term_is_the_soft_iou_of_gt_class_masks_and_is_weighted(make_head):
+    head = make_head("BCE+IOU", BCE_WEIGHT=0.5, IOU_WEIGHT=3.0)
     head.train()
     x = torch.randn(3, 6, 14, 14)
     proposals = _fg_proposals()
@@ -134,15 +139,21 @@ def test_iou_term_equals_soft_iou_of_gt_class_masks_and_is_weighted():
     all_logits = head.layers(x)
     logits, gt = mask_head_targets(all_logits, proposals)
     assert logits.shape == gt.shape == (3, 28, 28)
-    # rows are the GT class channel of each instance
-    assert torch.equal(logits[1], all_logits[1, 2]) and torch.equal(logits[2], all_logits[2, 1])
-    assert losses["loss_mask_iou"].item() == pytest.approx(3.0 * soft_iou_loss(logits, gt).item(), rel=1e-6)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, gt)
+    # rows are the GT class channel of each instance; targets are the GT masks cropped to the
+    # proposal boxes (written out here with the 28 x 28 crops of BitMasks, not with the code under test)
+    classes = proposals[0].gt_classes
+    torch.testing.assert_close(logits, all_logits[torch.arange(3), classes])
+    crops = proposals[0].gt_masks.crop_and_resize(proposals[0].proposal_boxes.tensor, 28).float()
+    torch.testing.assert_close(gt, crops)
+    p = torch.sigmoid(logits)
+    iou = (p * crops).sum(dim=(1, 2)) / (p + crops - p * crops).sum(dim=(1, 2))
+    assert losses["loss_mask_iou"].item() == pytest.approx(3.0 * (1 - iou).mean().item(), rel=1e-5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, crops)
     assert losses["loss_mask"].item() == pytest.approx(0.5 * bce.item(), rel=1e-5)
 
 
-def test_inference_matches_detectron2_head():
-    head = _head("IOU").eval()
+def test_inference_matches_detectron2_head(make_head):
+    head = make_head("IOU").eval()
     reference = MaskRCNNConvUpsampleHead(ShapeSpec(channels=6, height=14, width=14), num_classes=3, conv_dims=[8])
     reference.load_state_dict(head.state_dict())
     reference.eval()
@@ -157,6 +168,6 @@ def test_inference_matches_detectron2_head():
     assert torch.equal(ours.pred_masks, theirs.pred_masks)
 
 
-def test_unknown_loss_type_names_the_key():
-    with pytest.raises(ValueError, match=r"MODEL.MASK_LOSS.TYPE='DICE'"):
-        _head("DICE")
+def test_unknown_loss_type_names_the_key(make_head):
+    with pytest.raises(ValueError, match=r"MODEL.MASK_LOSS.TYPE='DICE': expected one of"):
+        make_head("DICE")

@@ -1,4 +1,5 @@
-"""Separated large-kernel neck: shapes, strides, padding, validation, and its use by RPN + ROI heads."""
+"""Separated large-kernel neck: shapes, strides, padding, validation, its use by RPN + ROI heads, and
+pinned outputs of a seeded neck on a fixed input."""
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -6,10 +7,6 @@ from detectron2.modeling import Backbone, build_backbone, build_model
 
 from light_rcnn import load_config
 from light_rcnn.modeling.large_kernel_neck import SeparatedLargeKernelNeck
-
-from ..conftest import REPO_ROOT, TINY_RESNET
-
-BASE = f"{REPO_ROOT}/configs/Base-LightRCNN-C4.yaml"
 
 
 class _FixedFeature(Backbone):
@@ -41,20 +38,43 @@ def test_neck_preserves_odd_non_square_size(k, mid, out):
     assert a1.in_channels == 24 and a1.out_channels == mid and a2.out_channels == out
 
 
-def test_neck_is_the_sum_of_two_separable_branches():
-    neck = SeparatedLargeKernelNeck(_FixedFeature(4), kernel_size=5, mid_channels=3, out_channels=2)
-    x = torch.randn(1, 4, 11, 9)
-    expected = torch.relu(neck.branch_a(x) + neck.branch_b(x))
-    torch.testing.assert_close(neck(x)["thin"], expected)
-    # With positive weights an impulse spreads over exactly the k x k square around it: the map is
-    # neither shifted nor shrunk by the padding.
-    for conv in list(neck.branch_a) + list(neck.branch_b):
-        torch.nn.init.constant_(conv.weight, 1.0)
+def _set_weights(neck, a=1.0, b=1.0):
+    """Every weight of branch A's convs ``a``, of branch B's second conv ``b`` (first conv 1), no bias."""
+    for conv, value in zip(list(neck.branch_a) + list(neck.branch_b), (a, a, 1.0, b)):
+        torch.nn.init.constant_(conv.weight, value)
         torch.nn.init.zeros_(conv.bias)
-    impulse = torch.zeros(1, 4, 11, 9)
-    impulse[0, 0, 5, 4] = 1
-    support = neck(impulse)["thin"][0, 0] > 0
-    assert support.sum() == 25 and support[3:8, 2:7].all()
+
+
+def _impulse(channels, h, w, y, x):
+    impulse = torch.zeros(1, channels, h, w)
+    impulse[0, 0, y, x] = 1
+    return impulse
+
+
+def test_neck_sums_two_separable_branches_over_a_k_by_k_square():
+    # With unit weights an impulse reaches, through each branch, exactly the k x k square around it
+    # (neither shifted nor shrunk by the padding), with value mid_channels (3): the sum is 6 there.
+    neck = SeparatedLargeKernelNeck(_FixedFeature(4), kernel_size=5, mid_channels=3, out_channels=2)
+    _set_weights(neck)
+    expected = torch.zeros(1, 2, 11, 9)
+    expected[..., 3:8, 2:7] = 6.0
+    torch.testing.assert_close(neck(_impulse(4, 11, 9, 5, 4))["thin"], expected)
+    # Near a corner the square is cut by the border, not moved.
+    expected = torch.zeros(1, 2, 11, 9)
+    expected[..., 0:3, 6:9] = 6.0
+    torch.testing.assert_close(neck(_impulse(4, 11, 9, 0, 8))["thin"], expected)
+
+
+def test_neck_relu_follows_the_sum_of_the_branches():
+    # Branch A gives +3 on the square, branch B -3 * 2 = -6: ReLU(3 - 6) = 0 everywhere, where a
+    # ReLU inside each branch would give 3; with B at -0.5 the sum is 3 - 1.5 = 1.5.
+    neck = SeparatedLargeKernelNeck(_FixedFeature(4), kernel_size=5, mid_channels=3, out_channels=2)
+    _set_weights(neck, b=-2.0)
+    assert neck(_impulse(4, 11, 9, 5, 4))["thin"].abs().max() == 0
+    _set_weights(neck, b=-0.5)
+    out = neck(_impulse(4, 11, 9, 5, 4))["thin"]
+    torch.testing.assert_close(out[..., 3:8, 2:7], torch.full((1, 2, 5, 5), 1.5))
+    assert out.sum().item() == pytest.approx(1.5 * 2 * 25)
 
 
 def test_neck_init_is_light_head_style():
@@ -65,12 +85,15 @@ def test_neck_init_is_light_head_style():
     assert neck.branch_a[0].norm is None
 
 
-def _tiny_cfg(*opts):
-    return load_config(BASE, TINY_RESNET + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(opts))
+@pytest.fixture
+def tiny_cfg(config_file, tiny_resnet):
+    """``f(*opts)`` -> Base-LightRCNN-C4 with a tiny ResNet, on CPU, without weights."""
+    base = config_file("Base-LightRCNN-C4.yaml")
+    return lambda *opts: load_config(base, tiny_resnet + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""] + list(opts))
 
 
-def test_builder_wraps_resnet_c4_and_keeps_stride_16():
-    cfg = _tiny_cfg("MODEL.SLK.MID_CHANNELS", 8, "MODEL.SLK.OUT_CHANNELS", 12)
+def test_builder_wraps_resnet_c4_and_keeps_stride_16(tiny_cfg):
+    cfg = tiny_cfg("MODEL.SLK.MID_CHANNELS", 8, "MODEL.SLK.OUT_CHANNELS", 12)
     backbone = build_backbone(cfg)
     assert isinstance(backbone, SeparatedLargeKernelNeck)
     assert "res5" not in dict(backbone.bottom_up.named_children())  # ResNet stops at C4
@@ -78,8 +101,8 @@ def test_builder_wraps_resnet_c4_and_keeps_stride_16():
     assert out["thin"].shape == (1, 12, 10, 14)
 
 
-def test_builder_norm_choice():
-    backbone = build_backbone(_tiny_cfg("MODEL.SLK.NORM", "BN", "MODEL.SLK.MID_CHANNELS", 8))
+def test_builder_norm_choice(tiny_cfg):
+    backbone = build_backbone(tiny_cfg("MODEL.SLK.NORM", "BN", "MODEL.SLK.MID_CHANNELS", 8))
     conv = backbone.branch_b[1]
     assert isinstance(conv.norm, torch.nn.BatchNorm2d) and conv.bias is None
 
@@ -95,13 +118,18 @@ def test_builder_norm_choice():
         ("MODEL.SLK.BOTTOM_UP", "nope", r"MODEL.SLK.BOTTOM_UP='nope': expected a registered"),
     ],
 )
-def test_invalid_config_names_key_and_allowed_values(key, value, message):
+def test_invalid_config_names_key_and_allowed_values(tiny_cfg, key, value, message):
     with pytest.raises(ValueError, match=message):
-        build_backbone(_tiny_cfg(key, value))
+        build_backbone(tiny_cfg(key, value))
 
 
-def test_thin_map_feeds_both_rpn_and_roi_heads():
-    cfg = _tiny_cfg("MODEL.SLK.MID_CHANNELS", 8, "MODEL.SLK.OUT_CHANNELS", 16,
+def test_neck_rejects_an_even_kernel():
+    with pytest.raises(ValueError, match=r"kernel_size=8: expected an odd integer >= 3"):
+        SeparatedLargeKernelNeck(_FixedFeature(4), kernel_size=8)
+
+
+def test_thin_map_feeds_both_rpn_and_roi_heads(tiny_cfg):
+    cfg = tiny_cfg("MODEL.SLK.MID_CHANNELS", 8, "MODEL.SLK.OUT_CHANNELS", 16,
                     "MODEL.LIGHT_HEAD.CONV_DIMS", [8, 16], "MODEL.RPN.POST_NMS_TOPK_TEST", 10)
     model = build_model(cfg).eval()
     assert model.proposal_generator.in_features == ["thin"] and model.roi_heads.in_features == ["thin"]
@@ -114,3 +142,30 @@ def test_thin_map_feeds_both_rpn_and_roi_heads():
         model([{"image": torch.rand(3, 90, 130) * 255}])
     assert seen["rpn"] is seen["thin"] and seen["roi"] is seen["thin"]
     assert seen["thin"].shape[1] == 16
+
+
+# ------------------------------------------------------------------------------------------------
+# Pinned regression test: a seeded neck (Light-Head init) on a fixed odd-sized input; its output
+# statistics and a few values (centre, borders) must not change unless the forward logic does.
+# ------------------------------------------------------------------------------------------------
+def _pinned_neck_output():
+    torch.manual_seed(121)
+    neck = SeparatedLargeKernelNeck(_FixedFeature(24), kernel_size=7, mid_channels=16, out_channels=8)
+    # x 50: the N(0, 0.01) weights shrink the map by ~50, so the pinned values are of order 1.
+    x = torch.randn(2, 24, 13, 19) * 50
+    with torch.no_grad():
+        return neck(x)["thin"]
+
+
+def test_neck_pinned_output(single_thread):
+    y = _pinned_neck_output()
+    assert y.shape == (2, 8, 13, 19)
+    assert int((y > 0).sum()) == 1951  # of 3952
+    assert y.sum().item() == pytest.approx(1311.6198, abs=1e-2)
+    stats = torch.stack([y.mean(), y.std(), y.max()])
+    torch.testing.assert_close(stats, torch.tensor([0.3319, 0.4938, 3.6904]), rtol=0, atol=1e-4)
+    # centre, corners and a bottom-border value (the padding), over several output channels
+    values = torch.stack([y[0, 2, 6, 9], y[0, 7, 6, 9], y[0, 3, 0, 0],
+                          y[1, 7, 12, 18], y[1, 5, 0, 18], y[0, 1, 12, 4]])
+    expected = torch.tensor([0.9020, 1.6051, 0.2137, 0.4699, 0.2899, 0.3895])
+    torch.testing.assert_close(values, expected, rtol=0, atol=1e-4)

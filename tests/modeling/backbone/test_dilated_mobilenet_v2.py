@@ -64,9 +64,11 @@ def test_capped_rates():
     assert capped_rates((1, 2, 3, 4), 16, 224) == (1, 2, 3, 4)
     assert capped_rates((1, 2, 3, 4), 32, 224) == (1, 2, 3, 3)
     assert capped_rates((1, 2, 3, 4), 32, 0) == (1, 2, 3, 4)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"dilation rates must be positive integers, got \[0, 2\]"):
         capped_rates((0, 2), 8, 224)
     assert split_channels(10, 4) == [3, 3, 2, 2]
+    with pytest.raises(ValueError, match="cannot split 3 channels into 4 branches"):
+        split_channels(3, 4)
 
 
 def test_hierarchical_fusion_and_stage5_dilation_from_config():
@@ -87,6 +89,6 @@ def test_hierarchical_fusion_and_stage5_dilation_from_config():
 
 
 def test_hierarchical_fusion_needs_equal_splits():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="hierarchical fusion needs equal branch widths; 6 channels do not split"):
         PyramidDilatedInvertedResidual(6, 8, expand_ratio=1, dilation_rates=(1, 2, 3, 4),
                                        hierarchical_fusion=True)

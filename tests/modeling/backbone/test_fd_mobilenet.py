@@ -68,8 +68,13 @@ def test_freeze_at(freeze_at):
     model = FDMobileNet(0.25, out_features=["stage5"], freeze_at=freeze_at)
     check_frozen(model, ALL[:freeze_at], ALL[freeze_at:])
     model.train()
-    loss = model(torch.randn(1, 3, 64, 64))["stage5"].sum()
-    loss.backward()
+    model(torch.randn(1, 3, 64, 64))["stage5"].sum().backward()
+    for name in ALL:
+        grads = [p.grad for p in getattr(model, name).parameters()]
+        if name in ALL[:freeze_at]:
+            assert all(g is None for g in grads), name
+        else:
+            assert all(g is not None for g in grads), name
 
 
 @pytest.mark.parametrize("norm,cls", [("BN", nn.BatchNorm2d), ("SyncBN", nn.SyncBatchNorm),

@@ -13,13 +13,14 @@ from detectron2.utils.events import EventStorage
 import light_rcnn  # noqa: F401  (registers the backbones)
 import light_rcnn.data.kitti  # noqa: F401  (registers kitti_train / kitti_val)
 from light_rcnn import load_config
+from light_rcnn.config import packaged_configs_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-VOC = sorted(glob.glob(os.path.join(REPO, "configs", "PascalVOC-Detection", "faster_rcnn_*.yaml")))
-KITTI = os.path.join(REPO, "configs", "KITTI", "faster_rcnn_dilated_mobilenetv2_layer17.yaml")
-COCO = [os.path.join(REPO, "configs", "COCO-InstanceSegmentation", name) for name in
+# Names under the package's configs/ (light_rcnn://<name>), listed at collection time.
+VOC = sorted(os.path.relpath(p, packaged_configs_dir()) for p in
+             glob.glob(os.path.join(packaged_configs_dir(), "PascalVOC-Detection", "faster_rcnn_*.yaml")))
+KITTI = "KITTI/faster_rcnn_dilated_mobilenetv2_layer17.yaml"
+COCO = [f"COCO-InstanceSegmentation/{name}" for name in
         ("light_mask_rcnn_fd_mobilenet_1x.yaml", "light_mask_rcnn_dilated_mobilenetv2_1x.yaml")]
-BASE_C4 = os.path.join(REPO, "configs", "Base-LightRCNN-C4.yaml")
 
 TINY = [
     "MODEL.DEVICE", "cpu",
@@ -71,8 +72,8 @@ def _train_step_and_inference(cfg):
 
 
 @pytest.mark.parametrize("path", VOC + [KITTI], ids=os.path.basename)
-def test_detection_configs_build(path):
-    cfg = load_config(path, TINY)
+def test_detection_configs_build(config_file, path):
+    cfg = load_config(config_file(path), TINY)
     assert cfg.VERSION == 2
     model = build_model(cfg)
     feature = cfg.MODEL.RPN.IN_FEATURES[0]
@@ -80,29 +81,28 @@ def test_detection_configs_build(path):
     assert model.backbone.output_shape()[feature].stride == (32 if "KITTI" in path else 16)
 
 
-def test_voc_schedule_is_15_epochs_of_voc07_trainval():
-    cfg = load_config(VOC[0])
+def test_voc_schedule_is_15_epochs_of_voc07_trainval(config_file):
+    assert len(VOC) == 6, VOC  # fd_mobilenet 0.25x/0.5x/1x, mobilenet_v1 0.125x/0.25x/0.5x
+    cfg = load_config(config_file("PascalVOC-Detection/faster_rcnn_fd_mobilenet_0.25x.yaml"))
     assert cfg.SOLVER.IMS_PER_BATCH == 1 and cfg.SOLVER.MAX_ITER == 15 * 5011
     assert tuple(cfg.SOLVER.STEPS) == (5 * 5011, 10 * 5011)
     assert cfg.SOLVER.BASE_LR == 1e-3 and cfg.SOLVER.WEIGHT_DECAY == 4e-5
     assert cfg.MODEL.RPN.POST_NMS_TOPK_TEST == 300 and cfg.INPUT.MIN_SIZE_TEST == 600
 
 
-def test_voc_fd_mobilenet_train_step():
-    cfg = load_config(os.path.join(REPO, "configs", "PascalVOC-Detection",
-                                   "faster_rcnn_fd_mobilenet_0.25x.yaml"), TINY)
+def test_voc_fd_mobilenet_train_step(config_file):
+    cfg = load_config(config_file("PascalVOC-Detection/faster_rcnn_fd_mobilenet_0.25x.yaml"), TINY)
     _train_step_and_inference(cfg)
 
 
-def test_kitti_layer17_train_step():
-    cfg = load_config(KITTI, TINY + ["MODEL.MOBILENET.WIDTH_MULT", 0.25])
+def test_kitti_layer17_train_step(config_file):
+    cfg = load_config(config_file(KITTI), TINY + ["MODEL.MOBILENET.WIDTH_MULT", 0.25])
     _train_step_and_inference(cfg)
 
 
-@pytest.mark.skipif(not os.path.exists(BASE_C4), reason="configs/Base-LightRCNN-C4.yaml missing")
 @pytest.mark.parametrize("path", COCO, ids=os.path.basename)
-def test_coco_light_mask_rcnn_configs(path):
-    cfg = load_config(path, TINY + ["MODEL.MOBILENET.WIDTH_MULT", 0.25,
+def test_coco_light_mask_rcnn_configs(config_file, path):
+    cfg = load_config(config_file(path), TINY + ["MODEL.MOBILENET.WIDTH_MULT", 0.25,
                                     "MODEL.SLK.MID_CHANNELS", 16, "MODEL.SLK.OUT_CHANNELS", 16])
     assert cfg.MODEL.BACKBONE.NAME == "build_slk_backbone"
     assert cfg.MODEL.SLK.IN_FEATURE == "stage4"

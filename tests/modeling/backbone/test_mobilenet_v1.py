@@ -41,3 +41,5 @@ def test_freeze_at_from_config(freeze_at):
     check_frozen(model, ALL[:freeze_at], ALL[freeze_at:4])
     assert not hasattr(model, "stage5")
     model(torch.randn(1, 3, 48, 40))["stage4"].mean().backward()
+    assert all(p.grad is None for name in ALL[:freeze_at] for p in getattr(model, name).parameters())
+    assert all(p.grad is not None for name in ALL[freeze_at:4] for p in getattr(model, name).parameters())
