@@ -13,11 +13,8 @@ The converted weights expect torchvision's input convention; the config must say
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from light_rcnn.checkpoint_convert import convert_file, detectron2_config_changes  # noqa: E402
+from light_rcnn.checkpoint_convert import convert_file, detectron2_config_changes
 
 
 def main(argv=None):

@@ -3,7 +3,7 @@
 
 Input convention: BGR 0-255 images normalized with PIXEL_MEAN [103.530, 116.280, 123.675] and
 PIXEL_STD [57.375, 57.120, 58.395], exactly as the mobile detection configs in configs/ do
-(see light_rcnn/engine/classifier.py for the schedules and the checkpoint layout).
+(light_rcnn/data/image_folder.py; schedules and checkpoint layout: light_rcnn/engine/classifier.py).
 
     # FD-MobileNet paper's ImageNet schedule (90 epochs, batch 256, lr 0.1 /10 every 30, wd 4e-5)
     python tools/train_classifier.py --arch fd_mobilenet --width-mult 1.0 \
@@ -16,35 +16,97 @@ PIXEL_STD [57.375, 57.120, 58.395], exactly as the mobile detection configs in c
     python tools/train_classifier.py ... --output output/cls/fd_mobilenet_1x.pth --resume
     # then: python tools/train_net.py --config-file CFG MODEL.WEIGHTS output/cls/fd_mobilenet_1x.pth
 """
+import argparse
 import logging
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detectron2.engine import launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
-from detectron2.engine import launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from light_rcnn.engine.classifier import build_arg_parser, resolve_schedule, train  # noqa: E402
+from light_rcnn.engine.classifier import ARCH_BUILDERS, SCHEDULES, resolve_schedule, train_classifier
 
 
-def _worker(args):
+def argument_parser():
+    p = argparse.ArgumentParser(
+        description="Classification pre-training of a mobile backbone (BGR 0-255 input, "
+                    "normalized with the detection configs' PIXEL_MEAN / PIXEL_STD).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--arch", required=True, choices=sorted(ARCH_BUILDERS))
+    p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha")
+    p.add_argument("--data", required=True,
+                   help="folder with train/ and val/ ImageFolder trees, or (with "
+                        "--caltech-split) a single folder of class sub-folders")
+    p.add_argument("--caltech-split", type=int, nargs="?", const=2000, default=None,
+                   metavar="N", help="random seeded N-image test split of --data (paper: 2000)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of --caltech-split")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), default=None,
+                   help="preset from the papers (default: dilated_caltech with --caltech-split, "
+                        "else fd_mobilenet_imagenet)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="total over all processes")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--lr-steps", type=int, nargs="*", default=None, help="epoch milestones")
+    p.add_argument("--lr-gamma", type=float, default=None, help="lr factor at each milestone")
+    p.add_argument("--min-crop-scale", type=float, default=None,
+                   help="lower area bound of RandomResizedCrop")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--output", required=True, help="checkpoint path (.pth)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --output if it exists (without it an existing --output "
+                        "is an error)")
+    p.add_argument("--num-gpus", type=int, default=1,
+                   help="processes (DistributedDataParallel; GLOO on a CPU-only machine)")
+    p.add_argument("--dist-url", default="auto")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    p.add_argument("--num-workers", type=int, default=4, help="data loader workers per process")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-period", type=int, default=20, help="iterations between log lines")
+    p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                   help="extra backbone config options, e.g. MODEL.MOBILENET.DILATION_RATES "
+                        "[1,2,3,4]")
+    return p
+
+
+def schedule_from_args(args):
+    """The preset named by ``--schedule`` (or implied by ``--caltech-split``) with every
+    schedule option given on the command line."""
+    return resolve_schedule(
+        args.schedule, caltech=bool(args.caltech_split), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, lr_steps=args.lr_steps, lr_gamma=args.lr_gamma,
+        min_crop_scale=args.min_crop_scale,
+    )
+
+
+def worker(args, schedule):
     setup_logger(distributed_rank=comm.get_rank(), name="light_rcnn")
     setup_logger(distributed_rank=comm.get_rank(), name="detectron2", abbrev_name="d2")
-    result = train(args)
+    result = train_classifier(
+        arch=args.arch, data=args.data, output=args.output, schedule=schedule,
+        width_mult=args.width_mult, caltech_split=args.caltech_split, split_seed=args.split_seed,
+        image_size=args.image_size, resume=args.resume, device=args.device,
+        num_workers=args.num_workers, seed=args.seed, log_period=args.log_period, opts=args.opts,
+    )
     if comm.is_main_process():
         top1 = result["top1"]
         logging.getLogger("light_rcnn").info(
             f"Wrote {result['output']} after epoch {result['epoch']}"
             + (f" (val top-1 {top1:.2f}%)" if top1 is not None else ""))
+    return result
 
 
-def main():
-    args = build_arg_parser().parse_args()
-    resolve_schedule(args)
+def main(argv=None):
+    args = argument_parser().parse_args(argv)
+    try:
+        schedule = schedule_from_args(args)
+    except ValueError as e:
+        argument_parser().error(str(e))
     print("Command Line Args:", args)
-    launch(_worker, args.num_gpus, dist_url=args.dist_url, args=(args,))
+    print("Schedule:", schedule)
+    launch(worker, args.num_gpus, dist_url=args.dist_url, args=(args, schedule))
 
 
 if __name__ == "__main__":

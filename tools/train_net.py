@@ -1,32 +1,49 @@
 #!/usr/bin/env python
 """Train and evaluate light_rcnn (and detectron2) models; shaped like detectron2's tools/train_net.py.
 
-    python tools/train_net.py --config-file configs/shapes/light_mask_rcnn_framework1_shapes.yaml
+    python tools/train_net.py --config-file light_rcnn://shapes/light_mask_rcnn_framework1_shapes.yaml
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS output/x/model_final.pth
     python tools/train_net.py --config-file CFG --resume            # continue from last_checkpoint
     python tools/train_net.py --config-file CFG --num-gpus 2        # 2 processes (GLOO on a CPU machine)
+    # your own COCO-format data (datasets/README.md):
+    python tools/train_net.py --config-file CFG \
+        --register-coco my_train /data/my/train.json /data/my/images \
+        --register-coco my_val /data/my/val.json /data/my/images \
+        DATASETS.TRAIN '("my_train",)' DATASETS.TEST '("my_val",)' MODEL.ROI_HEADS.NUM_CLASSES 3
 """
-import os
-import sys
+import argparse
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
 
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+from light_rcnn.config import load_config, resolve_config_file
+from light_rcnn.data import register_builtin_datasets
+from light_rcnn.data.dataset_checks import register_coco_sets
+from light_rcnn.engine import AtomicDetectionCheckpointer, Trainer, check_output_dir, check_weights
 
-from light_rcnn import load_config  # noqa: E402
-from light_rcnn.data import register_shapes_datasets  # noqa: E402
-from light_rcnn.engine import AtomicDetectionCheckpointer, Trainer, check_output_dir, check_weights  # noqa: E402
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register-coco", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format instances set as NAME (checked loader, COCO evaluation); repeatable",
+    )
+    return parser
 
 
 def setup(args):
-    """Config from defaults + file + ``KEY VALUE`` opts; refuses to clobber checkpoints; logs."""
-    cfg = load_config(args.config_file, args.opts)
+    """Config from defaults + file + ``KEY VALUE`` opts; refuses to clobber checkpoints; logs;
+    registers the data sets (in every process)."""
+    # default_setup logs the file's contents, so it gets the resolved light_rcnn:// path.
+    config_file = resolve_config_file(args.config_file, key="--config-file") if args.config_file else ""
+    cfg = load_config(config_file, args.opts)
     check_output_dir(cfg.OUTPUT_DIR, resume=args.resume, eval_only=args.eval_only)
     check_weights(cfg.MODEL.WEIGHTS)
     cfg.freeze()
-    default_setup(cfg, args)
-    register_shapes_datasets(cfg)
+    default_setup(cfg, argparse.Namespace(**{**vars(args), "config_file": config_file}))
+    register_builtin_datasets(cfg)
+    register_coco_sets(args.register_coco)
     return cfg
 
 
@@ -39,8 +56,6 @@ def main(args):
         )
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
-            from detectron2.evaluation import verify_results
-
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
@@ -49,7 +64,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

@@ -1,78 +1,30 @@
-"""Registration of light_rcnn's built-in data sets (``shapes_train``, ``shapes_val``).
+"""Registration of light_rcnn's built-in data sets (``shapes_train`` / ``shapes_val``, KITTI).
 
-Kept apart from the generator (:mod:`light_rcnn.data.shapes`, imported only when a split is first
-loaded) so that ``python -m light_rcnn.data.shapes`` runs the generator's command line cleanly
-and ``import light_rcnn`` stays cheap. See :mod:`light_rcnn.data.shapes` for the data itself and
-the cache layout.
+Registration only, like detectron2's ``builtin.py``: the shapes set's spec is in
+:mod:`light_rcnn.data.shapes_meta` and its generator in :mod:`light_rcnn.data.shapes` (imported
+only when a split is first loaded, so ``python -m light_rcnn.data.shapes`` runs cleanly and
+``import light_rcnn`` stays cheap). ``import light_rcnn`` registers the shapes splits with their
+defaults; KITTI is registered only on request (:func:`register_builtin_datasets`).
 """
-import os
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .dataset_checks import register_coco_instances_checked
+from .kitti import KITTI_SPLITS, register_kitti_datasets
+from .shapes_meta import (
+    CLASS_NAMES,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_SPLITS,
+    check_cache_root,
+    resolve_cache_root,
+    shapes_split_paths,
+)
 
 __all__ = [
-    "CLASS_NAMES",
+    "register_builtin_datasets",
+    "register_default_shapes_datasets",
     "register_shapes_datasets",
-    "resolve_cache_root",
-    "shapes_split_paths",
-    "check_root_outside_repo",
 ]
-
-# Class names of the shapes set; category id = index + 1.
-CLASS_NAMES = ("circle", "triangle", "square", "star")
-
-# name: (split, cfg.DATASETS.SHAPES key of its size, default size, seed offset)
-DEFAULT_SPLITS = {
-    "shapes_train": ("train", "NUM_TRAIN", 400, 0),
-    "shapes_val": ("val", "NUM_VAL", 60, 1),
-}
-# Default image side (px) and generator seed (train uses it, val uses it + 1).
-DEFAULT_IMAGE_SIZE = 192
-DEFAULT_SEED = 0
-
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def resolve_cache_root(root=""):
-    """The data cache directory: ``root`` if given, else ``$LIGHT_RCNN_CACHE/datasets``, else
-    ``~/.cache/light_rcnn/datasets`` (absolute, user expanded; not created)."""
-    if not root:
-        env = os.environ.get("LIGHT_RCNN_CACHE", "")
-        base = env if env else os.path.join("~", ".cache", "light_rcnn")
-        root = os.path.join(base, "datasets")
-    return os.path.abspath(os.path.expanduser(root))
-
-
-def _repo_root():
-    """The git checkout that contains the ``light_rcnn`` package (else the package's parent)."""
-    d = _PACKAGE_DIR
-    while True:
-        if os.path.exists(os.path.join(d, ".git")):
-            return d
-        parent = os.path.dirname(d)
-        if parent == d:
-            return os.path.dirname(_PACKAGE_DIR)
-        d = parent
-
-
-def check_root_outside_repo(root):
-    """Raise ``ValueError`` if ``root`` lies inside the repository of the package."""
-    repo = os.path.realpath(_repo_root())
-    real = os.path.realpath(root)
-    if os.path.commonpath([real, repo]) == repo:
-        raise ValueError(
-            f"Data cache root '{root}' is inside the repository '{repo}'; generated data must "
-            "stay out of the git tree. Set DATASETS.SHAPES.ROOT or $LIGHT_RCNN_CACHE elsewhere."
-        )
-
-
-def shapes_split_paths(root, split, num_images, image_size, seed):
-    """``(json_file, image_root)`` of one generated split:
-    ``<root>/shapes_<size>px_seed<seed>_n<num>/<split>/{<split>.json, *.jpg}``."""
-    set_dir = f"shapes_{int(image_size)}px_seed{int(seed)}_n{int(num_images)}"
-    image_root = os.path.join(resolve_cache_root(root), set_dir, split)
-    return os.path.join(image_root, f"{split}.json"), image_root
 
 
 class _Generate:
@@ -82,6 +34,8 @@ class _Generate:
         self.args = (root, split, num_images, image_size, seed)
 
     def __call__(self):
+        # Imported here, not at the top: light_rcnn.data must not import the module that
+        # ``python -m light_rcnn.data.shapes`` runs (runpy warns), and import stays cheap.
         from .shapes import generate_shapes_dataset
 
         return generate_shapes_dataset(*self.args)
@@ -118,7 +72,8 @@ def register_shapes_datasets(cfg=None, generate_now=False):
             ``json_file`` without loading the data set first).
 
     Raises:
-        ValueError: the cache root lies inside the repository.
+        ValueError: the cache root lies inside the installed ``light_rcnn`` package
+            (:func:`light_rcnn.data.shapes_meta.check_cache_root`).
     """
     if cfg is not None:
         s = cfg.DATASETS.SHAPES
@@ -128,12 +83,23 @@ def register_shapes_datasets(cfg=None, generate_now=False):
         root, image_size, seed = "", DEFAULT_IMAGE_SIZE, DEFAULT_SEED
         sizes = {name: default for name, (_, _, default, _) in DEFAULT_SPLITS.items()}
     root = resolve_cache_root(root)
-    check_root_outside_repo(root)
+    check_cache_root(root)
     _register(root, int(image_size), int(seed), sizes, generate_now=generate_now)
 
 
 def register_default_shapes_datasets():
-    """Import-time registration with the defaults; a cache root inside the repository is
-    reported when a split is first loaded, not at import."""
+    """Import-time registration with the defaults; a refused cache root is reported when a
+    split is first loaded, not at import."""
     sizes = {name: default for name, (_, _, default, _) in DEFAULT_SPLITS.items()}
     _register(resolve_cache_root(""), DEFAULT_IMAGE_SIZE, DEFAULT_SEED, sizes)
+
+
+def register_builtin_datasets(cfg):
+    """Register the built-in sets a config uses: always ``shapes_train`` / ``shapes_val`` from
+    ``cfg.DATASETS.SHAPES`` (:func:`register_shapes_datasets`), and ``kitti_train`` /
+    ``kitti_val`` (:func:`light_rcnn.data.kitti.register_kitti_datasets`, from
+    ``$DETECTRON2_DATASETS``) when ``cfg.DATASETS.TRAIN`` or ``TEST`` names one of them.
+    ``tools/train_net.py`` calls this in every process."""
+    register_shapes_datasets(cfg)
+    if (set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST)) & set(KITTI_SPLITS):
+        register_kitti_datasets()

@@ -49,6 +49,7 @@ from detectron2.data.datasets import load_coco_json
 __all__ = [
     "load_coco_instances_checked",
     "register_coco_instances_checked",
+    "register_coco_sets",
     "CheckedDatasetMapper",
     "is_degenerate_bbox",
 ]
@@ -167,6 +168,28 @@ def register_coco_instances_checked(name, metadata, json_file, image_root, befor
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **metadata
     )
+
+
+def register_coco_sets(specs):
+    """Register ``(name, json_file, image_root)`` COCO-format sets with
+    :func:`register_coco_instances_checked` (``tools/train_net.py --register-coco``).
+
+    Registering a name again with the same files is a no-op (every launched process and every
+    in-process run registers its sets); a name already registered otherwise (a detectron2 or
+    light_rcnn built-in, or other files) raises ``ValueError`` naming it.
+    """
+    for name, json_file, image_root in specs:
+        json_file, image_root = os.fspath(json_file), os.fspath(image_root)
+        if name in DatasetCatalog:
+            meta = MetadataCatalog.get(name)
+            if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+                continue
+            raise ValueError(
+                f"Data set name '{name}' is already registered (json_file "
+                f"{meta.get('json_file')!r}, image_root {meta.get('image_root')!r}); "
+                f"choose another name for the set in '{json_file}'."
+            )
+        register_coco_instances_checked(name, {}, json_file, image_root)
 
 
 class CheckedDatasetMapper(DatasetMapper):

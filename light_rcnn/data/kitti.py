@@ -5,9 +5,10 @@ The COCO JSON files are made by ``datasets/prepare_kitti.py`` from KITTI's ``tra
     $DETECTRON2_DATASETS/kitti/training/image_2/000000.png ...
     $DETECTRON2_DATASETS/kitti/annotations/kitti_train.json, kitti_val.json
 
-(``$DETECTRON2_DATASETS`` defaults to ``./datasets``, as in detectron2.) Registration is lazy:
-nothing is read until ``DatasetCatalog.get`` is called, so importing this module never needs the
-files. Loading goes through :func:`light_rcnn.data.dataset_checks.register_coco_instances_checked`
+(``$DETECTRON2_DATASETS`` defaults to ``./datasets``, as in detectron2.) Importing this module
+registers nothing: call :func:`register_kitti_datasets` (``tools/train_net.py`` does, through
+:func:`light_rcnn.data.builtin.register_builtin_datasets`, when a config names ``kitti_train`` or
+``kitti_val``). Registration is lazy: nothing is read until ``DatasetCatalog.get`` is called. Loading goes through :func:`light_rcnn.data.dataset_checks.register_coco_instances_checked`
 (a missing file is reported by name); class names come from the JSON (default: ``Car``), and
 evaluation is COCO-style box AP.
 """
@@ -30,13 +31,12 @@ def register_kitti_datasets(root=None):
         root = os.getenv("DETECTRON2_DATASETS", "datasets")
     kitti = os.path.join(os.path.expanduser(root), "kitti")
     for name, json_name in KITTI_SPLITS.items():
-        if name in DatasetCatalog.list():
+        if name in DatasetCatalog:
             DatasetCatalog.remove(name)
+        if name in MetadataCatalog:
             MetadataCatalog.remove(name)
         register_coco_instances_checked(
             name, {}, os.path.join(kitti, "annotations", json_name),
             os.path.join(kitti, "training", "image_2"),
         )
 
-
-register_kitti_datasets()

@@ -1,4 +1,4 @@
-"""The embedded "shapes" instance-segmentation data set: generator, cache and registration.
+"""The embedded "shapes" instance-segmentation data set: the generator and its cache.
 
 A seeded generator draws 1-4 filled shapes (:data:`CLASS_NAMES`: circle, triangle, square, star)
 of random colour, size and rotation on a textured background (random base colour, low-frequency
@@ -37,13 +37,10 @@ and ``DONE.json`` (the parameters, written last). It is built in a temporary sib
 renamed into place, so an interrupted run never leaves a set that looks complete; a complete set
 with the same parameters is re-used without rewriting. ``root`` is ``cfg.DATASETS.SHAPES.ROOT``,
 else ``$LIGHT_RCNN_CACHE/datasets``, else ``~/.cache/light_rcnn/datasets``; a root inside the
-package's repository is refused.
+installed ``light_rcnn`` package is refused (:func:`light_rcnn.data.shapes_meta.check_cache_root`).
 
-``import light_rcnn`` registers ``shapes_train`` (400 images, seed 0) and ``shapes_val``
-(60 images, seed 1) at 192 px (:mod:`light_rcnn.data.builtin`, re-exported here);
-:func:`register_shapes_datasets` re-registers them from a config.
-Both load through :func:`light_rcnn.data.dataset_checks.register_coco_instances_checked` and
-generate the files on first ``DatasetCatalog.get``.
+Class names, default splits and the cache layout are in :mod:`light_rcnn.data.shapes_meta`;
+registration as ``shapes_train`` / ``shapes_val`` is in :mod:`light_rcnn.data.builtin`.
 
 Command line: ``python -m light_rcnn.data.shapes --root DIR --split val --num 8 --size 192``.
 """
@@ -58,25 +55,17 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
-from .builtin import (
+from .shapes_meta import (
     CLASS_NAMES,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SEED,
     DEFAULT_SPLITS,
-    check_root_outside_repo,
-    register_shapes_datasets,  # noqa: F401  (re-exported)
+    check_cache_root,
     resolve_cache_root,
     shapes_split_paths,
 )
 
-__all__ = [
-    "CLASS_NAMES",
-    "generate_shapes_dataset",
-    "register_shapes_datasets",
-    "mask_to_polygons",
-    "resolve_cache_root",
-    "shapes_split_paths",
-]
+__all__ = ["generate_shapes_dataset", "mask_to_polygons"]
 
 # Written last into a finished split directory; holds the generation parameters.
 _MARKER = "DONE.json"
@@ -335,7 +324,7 @@ def generate_shapes_dataset(root, split, num_images, image_size=DEFAULT_IMAGE_SI
     if int(num_images) < 1 or int(image_size) < 32:
         raise ValueError(f"Need num_images >= 1 and image_size >= 32, got {num_images}, {image_size}")
     root = resolve_cache_root(root)
-    check_root_outside_repo(root)
+    check_cache_root(root)
     json_file, image_root = shapes_split_paths(root, split, num_images, image_size, seed)
     params = _params(split, num_images, image_size, seed)
     if _is_complete(image_root, params):

@@ -62,12 +62,20 @@ class _AtomicWritePathManager:
         return self._pm.open(path, mode, **kwargs)
 
 
+def make_writes_atomic(checkpointer):
+    """Make an fvcore/detectron2 ``Checkpointer``'s local writes (checkpoints and
+    ``last_checkpoint``) atomic, in place; returns it. Idempotent."""
+    if not isinstance(checkpointer.path_manager, _AtomicWritePathManager):
+        checkpointer.path_manager = _AtomicWritePathManager(checkpointer.path_manager)
+    return checkpointer
+
+
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """detectron2's checkpointer whose checkpoint and ``last_checkpoint`` writes are atomic."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.path_manager = _AtomicWritePathManager(self.path_manager)
+        make_writes_atomic(self)
 
 
 def existing_checkpoints(output_dir):

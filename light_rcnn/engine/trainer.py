@@ -1,26 +1,24 @@
-"""The trainer behind ``tools/train_net.py``: detectron2's DefaultTrainer with three changes.
+"""The trainer behind ``tools/train_net.py``: detectron2's DefaultTrainer with these changes.
 
 1. ``build_evaluator`` picks the evaluator from the data set's metadata ``evaluator_type``:
    ``coco`` -> :class:`COCOEvaluator` (bbox + segm AP with APs/APm/APl), ``pascal_voc`` ->
    :class:`PascalVOCDetectionEvaluator`.
-2. CPU processes can train together: DefaultTrainer wraps the model with
-   ``create_ddp_model(model, broadcast_buffers=False)``, which passes ``device_ids=[local_rank]``;
-   PyTorch rejects that for a CPU module. ``launch()`` already starts GLOO processes on a machine
-   without a GPU (``--num-gpus 2``), so here ``device_ids=None`` is passed when the model is on the
-   CPU. detectron2 has no hook for this, so ``__init__`` assembles the same parts as
-   DefaultTrainer's (same builders, same order) with that one argument changed.
-3. ``SOLVER.OPTIMIZER`` may pick AdamW instead of detectron2's SGD (:meth:`build_optimizer`); the
-   CPU/shapes configs train from scratch in under two thousand iterations, where AdamW converges much
-   faster than SGD (measured in README.md, "Demo").
-4. Checkpoints are written atomically (:class:`AtomicDetectionCheckpointer`) and the training
-   loader skips undecodable images (:class:`light_rcnn.data.dataset_checks.CheckedDatasetMapper`).
+2. ``SOLVER.OPTIMIZER`` may pick AdamW instead of detectron2's SGD (:meth:`build_optimizer`); the
+   CPU/shapes configs train from scratch in under two thousand iterations, where AdamW converges
+   much faster than SGD.
+3. Both loaders use :class:`light_rcnn.data.dataset_checks.CheckedDatasetMapper`: training skips an
+   undecodable image, evaluation raises ``RuntimeError`` naming it.
+4. Checkpoint writes are atomic (:func:`light_rcnn.engine.checkpoint.make_writes_atomic`).
+5. CPU processes can train together (``--num-gpus 2`` on a machine without a GPU; ``launch()``
+   starts GLOO processes there). See :class:`Trainer`.
 """
 import logging
 import os
 import weakref
 
 import torch
-from detectron2.data import MetadataCatalog, build_detection_train_loader
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver import build_optimizer as build_sgd_optimizer
@@ -29,30 +27,53 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.dataset_checks import CheckedDatasetMapper
-from .checkpoint import AtomicDetectionCheckpointer
+from .checkpoint import make_writes_atomic
+
+__all__ = ["Trainer"]
+
+
+def _cpu_processes(cfg):
+    """Whether this is one of several processes training a CPU model."""
+    return comm.get_world_size() > 1 and torch.device(cfg.MODEL.DEVICE).type == "cpu"
 
 
 class Trainer(DefaultTrainer):
-    """detectron2's DefaultTrainer, usable by CPU processes under ``launch()`` (see module doc)."""
+    """detectron2's DefaultTrainer with light_rcnn's evaluators, optimizer and loaders.
+
+    The constructor is ``DefaultTrainer.__init__`` (``super().__init__``), except for several CPU
+    processes: DefaultTrainer wraps the model with ``create_ddp_model(model,
+    broadcast_buffers=False)``, which passes ``device_ids=[local_rank]`` whenever there is more
+    than one process, and PyTorch's ``DistributedDataParallel`` rejects ``device_ids`` for a CPU
+    module. detectron2 calls ``create_ddp_model`` unconditionally after ``build_model`` and offers
+    no hook for its arguments (wrapping in ``build_model`` does not help: the second wrap fails
+    the same way), so only in that case :meth:`_init_cpu_processes` runs the same steps with
+    ``device_ids=None``. Every other run, GPU or single-process, uses detectron2's constructor
+    unchanged.
+    """
 
     def __init__(self, cfg):
+        if _cpu_processes(cfg):
+            self._init_cpu_processes(cfg)
+        else:
+            super().__init__(cfg)
+        # The hooks hold this same checkpointer object, so this covers every save.
+        make_writes_atomic(self.checkpointer)
+
+    def _init_cpu_processes(self, cfg):
+        """``DefaultTrainer.__init__`` (detectron2 0.7) with ``device_ids=None`` for the DDP
+        wrapper; see the class docstring."""
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        ddp_kwargs = {"device_ids": None} if on_cpu else {}
-        model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=None)
         trainer_cls = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
         self._trainer = trainer_cls(model, data_loader, optimizer)
-
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -82,7 +103,13 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
+        """detectron2's train loader; an undecodable image is skipped with a warning."""
         return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader; an undecodable image raises ``RuntimeError`` naming it."""
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -16,6 +16,7 @@ from light_rcnn.data.dataset_checks import (
     CheckedDatasetMapper,
     load_coco_instances_checked,
     register_coco_instances_checked,
+    register_coco_sets,
 )
 
 H, W = 40, 56  # odd, non-square
@@ -183,3 +184,18 @@ def test_corrupt_image_skipped_in_training_error_in_eval(coco_set, warnings_log)
     good = next(d for d in dicts if d["file_name"].endswith("gray.jpg"))
     out = MapDataset([d, good], CheckedDatasetMapper(cfg, is_train=True))[0]
     assert out["file_name"] == good["file_name"]
+
+
+def test_register_coco_sets_same_files_again_is_a_no_op(coco_set, tmp_path):
+    json_file, root, _ = coco_set
+    try:
+        register_coco_sets([("checks_cli", json_file, root)])
+        register_coco_sets([("checks_cli", json_file, root)])  # e.g. a second launched process
+        assert len(DatasetCatalog.get("checks_cli")) == 4
+        assert MetadataCatalog.get("checks_cli").evaluator_type == "coco"
+        other = str(tmp_path / "other.json")
+        with pytest.raises(ValueError, match=r"'checks_cli' is already registered .*other.json"):
+            register_coco_sets([("checks_cli", other, root)])
+    finally:
+        DatasetCatalog.remove("checks_cli")
+        MetadataCatalog.remove("checks_cli")

@@ -1,5 +1,5 @@
 """The shapes generator: determinism, exact masks/boxes/areas, COCO loading, registration,
-caching and the refusal to write inside the repository."""
+caching and the refusal to write inside the installed package."""
 import json
 import os
 
@@ -9,19 +9,20 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
+import light_rcnn
 from light_rcnn import get_light_rcnn_cfg
 from light_rcnn.data import register_shapes_datasets
 from light_rcnn.data.builtin import register_default_shapes_datasets
 from light_rcnn.data.shapes import (
-    CLASS_NAMES,
     MIN_VISIBLE_PIXELS,
     _generate_image,
     generate_shapes_dataset,
     main,
     mask_to_polygons,
 )
+from light_rcnn.data.shapes_meta import CLASS_NAMES
 
-from ..conftest import REPO_ROOT
+PACKAGE_DIR = os.path.dirname(light_rcnn.__file__)
 
 TINY = dict(num_images=5, image_size=64)
 
@@ -103,18 +104,24 @@ def test_reuses_complete_output_and_replaces_incomplete(tmp_path):
     assert os.path.isfile(marker) and os.path.isfile(os.path.join(image_root, "000001.jpg"))
 
 
-def test_refuses_a_root_inside_the_repository(tmp_path, monkeypatch):
-    inside = os.path.join(REPO_ROOT, "datasets", "cache")
-    with pytest.raises(ValueError, match="inside the repository"):
+@pytest.mark.parametrize("where", ["datasets_cache", os.path.join("configs", "cache")])
+def test_refuses_a_root_inside_the_installed_package(where, tmp_path, monkeypatch, restore_registration):
+    inside = os.path.join(PACKAGE_DIR, where)  # configs/ is a symlink out of the package
+    message = "inside the installed light_rcnn package"
+    with pytest.raises(ValueError, match=message):
         generate_shapes_dataset(inside, "val", **TINY)
     cfg = get_light_rcnn_cfg()
     cfg.DATASETS.SHAPES.ROOT = inside
-    with pytest.raises(ValueError, match="inside the repository"):
+    with pytest.raises(ValueError, match=message):
         register_shapes_datasets(cfg)
-    monkeypatch.setenv("LIGHT_RCNN_CACHE", REPO_ROOT)
-    with pytest.raises(ValueError, match="inside the repository"):
+    monkeypatch.setenv("LIGHT_RCNN_CACHE", PACKAGE_DIR)
+    with pytest.raises(ValueError, match=message):
         generate_shapes_dataset("", "val", **TINY)
     assert not os.path.exists(inside)
+    assert not os.path.exists(os.path.join(PACKAGE_DIR, "datasets"))
+    # anywhere outside the package is the user's choice
+    monkeypatch.setenv("LIGHT_RCNN_CACHE", str(tmp_path))
+    assert generate_shapes_dataset("", "val", **TINY)[0].startswith(str(tmp_path))
 
 
 def test_cache_root_from_env(tmp_path, monkeypatch):

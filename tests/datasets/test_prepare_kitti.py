@@ -2,6 +2,9 @@
 import importlib.util
 import json
 import os
+import re
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -9,12 +12,13 @@ import pytest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# datasets/ is not a package: load the script the way `python datasets/prepare_kitti.py` runs it.
+PREPARE_KITTI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "datasets", "prepare_kitti.py")
 
 
 def _load_script():
     spec = importlib.util.spec_from_file_location(
-        "prepare_kitti", os.path.join(REPO, "datasets", "prepare_kitti.py"))
+        "prepare_kitti", PREPARE_KITTI)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -86,7 +90,46 @@ def test_main_writes_splits_and_registration_reads_them(tmp_path):
         assert len(dicts) == 3
         assert MetadataCatalog.get("kitti_train").thing_classes == ["Car", "Van"]
     finally:
-        register_kitti_datasets()  # back to the default (lazy) location
+        _forget_kitti()
+
+
+def _forget_kitti():
+    for name in ("kitti_train", "kitti_val"):
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog:
+            MetadataCatalog.remove(name)
+
+
+def test_import_does_not_register_kitti():
+    code = ("import light_rcnn; from detectron2.data import DatasetCatalog; "
+            "print(sorted(n for n in DatasetCatalog.list() if 'kitti' in n or 'shapes' in n))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['shapes_train', 'shapes_val']"
+
+
+@pytest.mark.parametrize("datasets, registered", [
+    (["DATASETS.TRAIN", ("kitti_train",), "DATASETS.TEST", ("kitti_val",)], True),
+    (["DATASETS.TEST", ("kitti_val",)], True),
+    ([], False),  # the shapes config names no KITTI set
+])
+def test_kitti_registered_when_a_config_names_it(datasets, registered, tmp_path, monkeypatch, config_file):
+    from light_rcnn import load_config
+    from light_rcnn.data import register_builtin_datasets, register_shapes_datasets
+
+    root = _write_sample(str(tmp_path / "kitti"))
+    prepare_kitti.main(["--root", root, "--val-fraction", "0.34", "--seed", "1"])
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))
+    cfg = load_config(config_file("shapes/mask_rcnn_R_50_C4_shapes.yaml"), datasets)
+    _forget_kitti()
+    try:
+        register_builtin_datasets(cfg)
+        assert ("kitti_train" in DatasetCatalog and "kitti_val" in DatasetCatalog) == registered
+        if registered:
+            assert len(DatasetCatalog.get("kitti_train")) == 2
+    finally:
+        _forget_kitti()
+        register_shapes_datasets()  # back to the default shapes registration
 
 
 def test_explicit_split_dir(tmp_path):
@@ -114,9 +157,8 @@ def test_malformed_line_names_file_and_line(tmp_path, line, message):
     labels = {"000000": [LABELS["000000"][0], line]}
     root = _write_sample(str(tmp_path / "kitti"), labels)
     path = os.path.join(root, "training", "label_2", "000000.txt")
-    with pytest.raises(prepare_kitti.KittiLabelError) as e:
+    with pytest.raises(prepare_kitti.KittiLabelError, match=f"^{re.escape(path)}:2: .*{re.escape(message)}"):
         prepare_kitti.convert(root, ["000000"], ["Car"])
-    assert f"{path}:2:" in str(e.value) and message in str(e.value)
 
 
 def test_missing_image_is_named(tmp_path):
