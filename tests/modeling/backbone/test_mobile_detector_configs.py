@@ -11,7 +11,6 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import light_rcnn  # noqa: F401  (registers the backbones)
-import light_rcnn.data.kitti  # noqa: F401  (registers kitti_train / kitti_val)
 from light_rcnn import load_config
 from light_rcnn.config import packaged_configs_dir
 
