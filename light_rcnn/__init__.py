@@ -6,7 +6,7 @@ into detectron2's registries; :func:`add_light_rcnn_config` declares the config 
 from .config import add_light_rcnn_config, get_light_rcnn_cfg, load_config
 from . import data as _data  # noqa: F401  (registers shapes_train / shapes_val)
 from . import modeling as _modeling  # noqa: F401  (registers backbones and heads)
-from . import compression as _compression  # noqa: F401  (registers DecomposedGeneralizedRCNN)
+from .compression import build_model  # registers the modeling hooks and their meta-archs
 
 __version__ = "0.1.0"
-__all__ = ["add_light_rcnn_config", "get_light_rcnn_cfg", "load_config"]
+__all__ = ["add_light_rcnn_config", "build_model", "get_light_rcnn_cfg", "load_config"]

@@ -100,10 +100,18 @@ def add_light_rcnn_config(cfg):
     _C.MODEL.MOBILENET.HIERARCHICAL_FUSION = False
 
     # ---------------------------------------------------------------------------------------
-    # Student-teacher distillation (thesis Sec. 2.1.3; META_ARCHITECTURE "DistillationRCNN")
+    # Modeling hooks (D2Go-style; light_rcnn/compression/modeling_hooks.py)
+    # ---------------------------------------------------------------------------------------
+    # Names in MODELING_HOOK_REGISTRY applied in order by light_rcnn.build_model after the
+    # META_ARCHITECTURE is built, e.g. ["DecompositionHook", "DistillationHook"]; [] = none.
+    _C.MODEL.MODELING_HOOKS = []
+
+    # ---------------------------------------------------------------------------------------
+    # Student-teacher distillation (thesis Sec. 2.1.3; "DistillationHook" or META_ARCHITECTURE
+    # "DistillationRCNN")
     # ---------------------------------------------------------------------------------------
     _C.MODEL.DISTILL = CN()
-    # Config file of the teacher; a relative path is looked up in the cwd, then the repository root.
+    # Config file of the teacher: a path (relative to the cwd), light_rcnn://<path> or detectron2://<path>.
     _C.MODEL.DISTILL.TEACHER_CONFIG = ""
     # KEY VALUE overrides merged into the teacher's config after its file (e.g. tiny test sizes).
     _C.MODEL.DISTILL.TEACHER_OPTS = []
@@ -134,7 +142,8 @@ def add_light_rcnn_config(cfg):
     # ---------------------------------------------------------------------------------------
     # Depth-wise decomposition of regular convs (He et al., "Depth-wise Decomposition", Sec. 3)
     # ---------------------------------------------------------------------------------------
-    # (read by light_rcnn/compression: DecomposedGeneralizedRCNN and tools/decompose_net.py)
+    # (read by light_rcnn/compression: "DecompositionHook" / DecomposedGeneralizedRCNN and
+    # tools/decompose_net.py)
     _C.MODEL.DECOMPOSE = CN()
     # Regexes, each re.fullmatch-ed against qualified module names, of the k x k convs to replace; [] = none.
     _C.MODEL.DECOMPOSE.LAYERS = []

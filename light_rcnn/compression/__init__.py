@@ -1,16 +1,17 @@
-"""Model compression: depth-wise decomposition of regular convs (He et al., CVPR-W 2019) and its
-channel-decomposition baseline, and distillation; importing this module registers
+"""Model compression as modeling hooks applied to any built model (``MODEL.MODELING_HOOKS``):
+depth-wise decomposition of regular convs (He et al., CVPR-W 2019) with its channel-decomposition
+baseline, and student-teacher distillation (thesis Sec. 2.1.3). Importing this package registers
+the hooks "DecompositionHook" and "DistillationHook" and their META_ARCHITECTURE forms
 ``DecomposedGeneralizedRCNN`` and ``DistillationRCNN``.
 
-* :mod:`.depthwise_decomposition` -- the replacement modules, response sampling and Algorithms 1-3.
-* :mod:`.decomposed_model` -- :func:`apply_decomposition` (config-driven swap) and the meta-arch.
-* :mod:`.distillation` -- student-teacher training, ``DistillationRCNN`` (registered on import).
+* :mod:`.modeling_hooks` -- the hook registry and :func:`build_model` (detectron2's, then the hooks);
+* :mod:`.decomposition` -- replacement modules, response sampling, solvers, the Sec. 4.1 experiment,
+  the hook and the trained-model pipeline of ``tools/decompose_net.py``;
+* :mod:`.distillation` -- the distillation losses, the teacher and the hook.
 """
-from . import decomposed_model as _decomposed_model
-from . import depthwise_decomposition as _depthwise_decomposition
-from .decomposed_model import *  # noqa: F401,F403  (its __all__)
-from .depthwise_decomposition import *  # noqa: F401,F403  (its __all__)
-from . import distillation as _distillation  # noqa: F401,E402  (registers DistillationRCNN)
+from . import decomposition, distillation, modeling_hooks
+from .decomposition import *  # noqa: F401,F403
+from .distillation import DistillationHook, DistillationRCNN
+from .modeling_hooks import *  # noqa: F401,F403
 
-# (the star import rebinds the name ``depthwise_decomposition`` to the function of that name)
-__all__ = sorted(_decomposed_model.__all__ + _depthwise_decomposition.__all__)
+__all__ = sorted(decomposition.__all__ + modeling_hooks.__all__ + ["DistillationHook", "DistillationRCNN"])

@@ -135,6 +135,19 @@ class LightRCNNROIHeads(Res5ROIHeads):
     def _shared_roi_transform(self, features, boxes):
         return self.subnet(self.pooler(features, boxes))
 
+    def box_class_logits(self, features, boxes):
+        """Class logits of the box branch on given boxes, through the layers training runs
+        (pooler -> subnet -> box pooling -> box predictor); read by distillation.
+
+        Args:
+            features: dict name -> (N, C, H, W) backbone features (holding ``in_features``).
+            boxes: list of N :class:`Boxes`, R_i boxes for image i.
+        Returns:
+            (sum R_i, K + 1) class logits.
+        """
+        x = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
+        return self.box_predictor(self.subnet.pool(x))[0]
+
     def forward(self, images, features, proposals, targets=None):
         del images
         if self.training:

@@ -1,7 +1,8 @@
-"""Config-driven decomposition of detectors (apply_decomposition, DecomposedGeneralizedRCNN) and
-tools/decompose_net.py end to end, on tiny CPU models."""
+"""Config-driven decomposition of detectors (DecompositionHook, apply_decomposition,
+DecomposedGeneralizedRCNN) and tools/decompose_net.py end to end, on tiny CPU models."""
 import importlib.util
 import os
+import re
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from detectron2.structures import Boxes
 
 from light_rcnn import load_config
 from light_rcnn.compression import (
+    PAPER_RANDOM_DATA_ERRORS,
     ChannelDecomposedConv,
     DecomposedGeneralizedRCNN,
     DepthwiseSeparableConv,
@@ -22,35 +24,44 @@ from light_rcnn.compression import (
 )
 from light_rcnn.data import register_shapes_datasets
 
-from ..conftest import REPO_ROOT, TINY_RESNET, TINY_SIZES, tiny_shapes_opts
-
-CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "light_mask_rcnn_framework1_shapes.yaml")
-DECOMPOSED_CONFIG = os.path.join(REPO_ROOT, "configs", "shapes", "light_mask_rcnn_decomposed_shapes.yaml")
-DECOMPOSE_NET = os.path.join(REPO_ROOT, "tools", "decompose_net.py")
+TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tools")
 NARROW = ["MODEL.SLK.MID_CHANNELS", 8, "MODEL.SLK.OUT_CHANNELS", 16, "MODEL.LIGHT_HEAD.CONV_DIMS", [16, 16],
           "MODEL.ROI_MASK_HEAD.CONV_DIM", 8]
 LAYERS = [r"roi_heads\.subnet\.conv\d+", r"backbone\.branch_[ab]\.[01]", r".*res4\.\d+\.conv2"]
 
 
-def _opts(shapes_root):
-    return TINY_RESNET + TINY_SIZES + NARROW + tiny_shapes_opts(shapes_root)
+@pytest.fixture
+def configs(config_file):
+    """(framework 1 shapes config, its decomposed counterpart)."""
+    return (config_file("shapes/light_mask_rcnn_framework1_shapes.yaml"),
+            config_file("shapes/light_mask_rcnn_decomposed_shapes.yaml"))
 
 
-def _cfg(shapes_root, config=CONFIG, extra=()):
-    cfg = load_config(config, _opts(shapes_root) + list(extra))
+@pytest.fixture
+def opts(shapes_root, tiny_resnet, tiny_sizes, tiny_shapes_opts):
+    return tiny_resnet + tiny_sizes + NARROW + tiny_shapes_opts(shapes_root)
+
+
+@pytest.fixture
+def narrow_cpu(tiny_resnet):
+    return tiny_resnet + NARROW + ["MODEL.DEVICE", "cpu"]
+
+
+def _cfg(config, opts, extra=()):
+    cfg = load_config(config, opts + list(extra))
     register_shapes_datasets(cfg)
     return cfg
 
 
-def _decompose_net_module():
-    spec = importlib.util.spec_from_file_location("decompose_net", DECOMPOSE_NET)
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_apply_decomposition_replaces_exactly_the_matched_convs(shapes_root):
-    cfg = _cfg(shapes_root, DECOMPOSED_CONFIG)
+def test_apply_decomposition_replaces_exactly_the_matched_convs(configs, opts):
+    cfg = _cfg(configs[1], opts)
     model = build_model(cfg)
     assert isinstance(model, DecomposedGeneralizedRCNN)
     names = model.decomposed_layers
@@ -70,8 +81,8 @@ def test_apply_decomposition_replaces_exactly_the_matched_convs(shapes_root):
     assert model.get_submodule("backbone.bottom_up.res3.1.conv2").norm is not None
 
 
-def test_channel_method_and_no_op():
-    cfg = load_config(CONFIG, TINY_RESNET + NARROW + ["MODEL.DEVICE", "cpu"])
+def test_channel_method_and_no_op(configs, narrow_cpu):
+    cfg = load_config(configs[0], narrow_cpu)
     model = build_model(cfg)
     assert apply_decomposition(model, cfg) == []  # LAYERS empty: nothing happens
     cfg.merge_from_list(["MODEL.DECOMPOSE.LAYERS", [r"roi_heads\.subnet\.conv2"], "MODEL.DECOMPOSE.METHOD", "channel",
@@ -90,19 +101,18 @@ def test_channel_method_and_no_op():
     (r".*shortcut", "matches no regular conv"),  # 1x1 convs are not decomposable
     (r"roi_heads\.(subnet", "not a valid regular expression"),
 ])
-def test_bad_pattern_raises_naming_key_and_pattern(pattern, message):
-    cfg = load_config(CONFIG, TINY_RESNET + NARROW + ["MODEL.DEVICE", "cpu", "MODEL.META_ARCHITECTURE",
-                                                       "DecomposedGeneralizedRCNN", "MODEL.DECOMPOSE.LAYERS",
-                                                       [r"roi_heads\.subnet\.conv1", pattern]])
+def test_bad_pattern_raises_naming_key_and_pattern(pattern, message, configs, narrow_cpu):
+    cfg = load_config(configs[0], narrow_cpu + ["MODEL.META_ARCHITECTURE", "DecomposedGeneralizedRCNN",
+                                                "MODEL.DECOMPOSE.LAYERS", [r"roi_heads\.subnet\.conv1", pattern]])
     with pytest.raises(ValueError, match=message) as e:
         build_model(cfg)
     assert "MODEL.DECOMPOSE.LAYERS" in str(e.value) and repr(pattern) in str(e.value)
 
 
-def test_bad_method_raises():
-    cfg = load_config(CONFIG, TINY_RESNET + NARROW + ["MODEL.DEVICE", "cpu", "MODEL.META_ARCHITECTURE",
-                                                       "DecomposedGeneralizedRCNN", "MODEL.DECOMPOSE.LAYERS",
-                                                       [r"roi_heads\.subnet\.conv1"], "MODEL.DECOMPOSE.METHOD", "svd"])
+def test_bad_method_raises(configs, narrow_cpu):
+    cfg = load_config(configs[0], narrow_cpu + ["MODEL.META_ARCHITECTURE", "DecomposedGeneralizedRCNN",
+                                                "MODEL.DECOMPOSE.LAYERS", [r"roi_heads\.subnet\.conv1"],
+                                                "MODEL.DECOMPOSE.METHOD", "svd"])
     with pytest.raises(ValueError, match="MODEL.DECOMPOSE.METHOD='svd'"):
         build_model(cfg)
 
@@ -124,12 +134,12 @@ def _features_and_rois(model, images, boxes):
     with torch.no_grad():
         x = model.preprocess_image([{"image": im} for im in images])
         feats = model.backbone(x.tensor)
-        rois = model.roi_heads._shared_roi_transform([feats["thin"]], [Boxes(b) for b in boxes])
+        rois = model.roi_heads.subnet(model.roi_heads.pooler([feats["thin"]], [Boxes(b) for b in boxes]))
     return feats["thin"], rois
 
 
-def test_decomposed_model_stays_close_to_the_original(shapes_root):
-    cfg = _cfg(shapes_root, extra=["MODEL.DECOMPOSE.NUM_IMAGES", 6])
+def test_decomposed_model_stays_close_to_the_original(configs, opts):
+    cfg = _cfg(configs[0], opts, extra=["MODEL.DECOMPOSE.NUM_IMAGES", 6])
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     names = find_decomposable_convs(model, LAYERS)
@@ -148,8 +158,8 @@ def test_decomposed_model_stays_close_to_the_original(shapes_root):
     assert all(isinstance(model.get_submodule(n), DepthwiseSeparableConv) for n in names)
 
 
-def test_decomposed_checkpoint_reloads_into_the_config_built_model(shapes_root, tmp_path):
-    cfg = _cfg(shapes_root, DECOMPOSED_CONFIG)
+def test_decomposed_checkpoint_reloads_into_the_config_built_model(configs, opts, tmp_path):
+    cfg = _cfg(configs[1], opts)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("decomposed")
@@ -163,16 +173,17 @@ def test_decomposed_checkpoint_reloads_into_the_config_built_model(shapes_root, 
     assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
 
 
-def test_decompose_net_end_to_end(shapes_root, tmp_path, capsys):
-    tool = _decompose_net_module()
-    opts = [str(o) if not isinstance(o, (list, tuple)) else str(list(o)) for o in _opts(shapes_root)]
-    cfg = load_config(CONFIG, _opts(shapes_root))
+def test_decompose_net_end_to_end(configs, opts, tmp_path, capsys):
+    tool = _load_tool("decompose_net")
+    config = configs[0]
+    cfg = load_config(config, opts)
+    opts = [str(o) if not isinstance(o, (list, tuple)) else str(list(o)) for o in opts]
     torch.manual_seed(0)
     trained = build_model(cfg)
     _near_separable(trained, find_decomposable_convs(trained, LAYERS))
     DetectionCheckpointer(trained, save_dir=str(tmp_path)).save("model_final")
     weights, out = str(tmp_path / "model_final.pth"), str(tmp_path / "decomposed")
-    argv = ["--config-file", CONFIG, "--weights", weights, "--output-dir", out, "--num-images", "4",
+    argv = ["--config-file", config, "--weights", weights, "--output-dir", out, "--num-images", "4",
             "--layers", *LAYERS, *opts]
     reports = tool.main(argv)
     printed = capsys.readouterr().out
@@ -191,12 +202,8 @@ def test_decompose_net_end_to_end(shapes_root, tmp_path, capsys):
     assert [r["name"] for r in ckpt["decomposition"]] == [r.name for r in reports]
 
     # tools/train_net.py --eval-only on it (the files are what a user passes)
-    spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "tools", "train_net.py"))
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
-    from detectron2.engine import default_argument_parser
-
-    res = train_net.main(default_argument_parser().parse_args([
+    train_net = _load_tool("train_net")
+    res = train_net.main(train_net.argument_parser().parse_args([
         "--config-file", os.path.join(out, "config.yaml"), "--eval-only",
         "MODEL.WEIGHTS", os.path.join(out, "model_decomposed.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]))
@@ -209,16 +216,28 @@ def test_decompose_net_end_to_end(shapes_root, tmp_path, capsys):
     assert open(os.path.join(out, "model_decomposed.pth"), "rb").read() == before
     missing = str(tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):
-        tool.main(["--config-file", CONFIG, "--weights", missing, "--output-dir", str(tmp_path / "x"), *opts])
+        tool.main(["--config-file", config, "--weights", missing, "--output-dir", str(tmp_path / "x"), *opts])
     # weights of another architecture are refused instead of decomposing random layers
-    with pytest.raises(ValueError, match="does not fit the model"):
-        tool.main(["--config-file", CONFIG, "--weights", weights, "--output-dir", str(tmp_path / "y"),
+    with pytest.raises(ValueError, match=r"--weights '.*model_final\.pth' does not fit the model"):
+        tool.main(["--config-file", config, "--weights", weights, "--output-dir", str(tmp_path / "y"),
                    *opts, "MODEL.LIGHT_HEAD.CONV_DIMS", "[16, 32]"])
+    # the config must be the undecomposed model's
+    with pytest.raises(ValueError, match="already decomposes MODEL.DECOMPOSE.LAYERS"):
+        tool.main(["--config-file", configs[1], "--weights", weights, "--output-dir", str(tmp_path / "z"), *opts])
 
 
-def test_sanity_check_cli_prints_the_papers_figures(capsys):
-    result = _decompose_net_module().main(["--sanity-check", "--sanity-channels", "16", "--sanity-trials", "1"])
+def test_sanity_check_cli_prints_its_own_figures(capsys):
+    result = _load_tool("decompose_net").main(["--sanity-check", "--sanity-channels", "16", "--sanity-trials", "1"])
     printed = capsys.readouterr().out
-    for figure in ("0.887", "0.914", "0.906"):
-        assert figure in printed
-    assert 0 < result["depth-wise decomposition with compensation"][0] < 1
+    assert "one 16 -> 16 3x3 conv, N = 3000 samples, 1 trials" in printed
+    for method in PAPER_RANDOM_DATA_ERRORS:
+        row = re.search(rf"^{re.escape(method)} +([0-9.]+) \+- \S+ +([0-9.]+) \+- \S+ +([0-9.]+)$", printed, re.M)
+        assert row is not None, (method, printed)
+        fitted, held_out = float(row.group(1)), float(row.group(2))
+        # the table shows the computed errors, not the paper's
+        assert fitted == pytest.approx(result[method][0], abs=5e-5)
+        assert held_out == pytest.approx(result["held_out"][method][0], abs=5e-5)
+        assert 0.5 < fitted < 1 and 0.5 < held_out < 1.2
+    # Algorithm 2 lowers the error on the samples it is fitted to (Sec. 3.5 and 4.1)
+    assert (result["depth-wise decomposition with compensation"][0]
+            < result["depth-wise decomposition"][0])

@@ -1,9 +1,9 @@
-"""Detectors whose regular convs are depthwise-separable (or channel-decomposed) replacements.
+"""Config-driven decomposition of a built detector (He et al., CVPR-W 2019, Sec. 3.2-3.4).
 
-:func:`apply_decomposition` swaps, in place, every regular k x k conv named by
-``cfg.MODEL.DECOMPOSE.LAYERS`` for a freshly initialized :class:`DepthwiseSeparableConv` or
-:class:`ChannelDecomposedConv`; :class:`DecomposedGeneralizedRCNN` (META_ARCHITECTURE
-"DecomposedGeneralizedRCNN") is detectron2's GeneralizedRCNN followed by that swap. The swap is a
+:class:`DecompositionHook` (``MODEL.MODELING_HOOKS: ["DecompositionHook"]``) swaps, in place, every
+regular k x k conv named by ``MODEL.DECOMPOSE.LAYERS`` for a freshly initialized
+:class:`DepthwiseSeparableConv` or :class:`ChannelDecomposedConv`; META_ARCHITECTURE
+"DecomposedGeneralizedRCNN" is detectron2's GeneralizedRCNN with that hook applied. The swap is a
 pure function of the config, so the module names -- ``<name>.depthwise`` / ``<name>.pointwise``
 (``<name>.reduce`` / ``<name>.expand``) and the kept ``<name>.norm`` -- are the same in every model
 built from it, and a checkpoint written after decomposition (tools/decompose_net.py) reloads into a
@@ -11,19 +11,12 @@ model built from the config with no missing keys.
 """
 import re
 
-import numpy as np
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 
-from .depthwise_decomposition import (
-    DECOMPOSED_TYPES,
-    METHODS,
-    is_decomposable_conv,
-    make_decomposed_conv,
-    replace_module,
-)
+from ..modeling_hooks import MODELING_HOOK_REGISTRY, ModelingHook, apply_modeling_hooks
+from .modules import DECOMPOSED_TYPES, METHODS, is_decomposable_conv, make_decomposed_conv, replace_module
 
-__all__ = ["DecomposedGeneralizedRCNN", "apply_decomposition", "build_decomposition_loader",
-           "find_decomposable_convs"]
+__all__ = ["DecomposedGeneralizedRCNN", "DecompositionHook", "apply_decomposition", "find_decomposable_convs"]
 
 LAYERS_KEY = "MODEL.DECOMPOSE.LAYERS"
 
@@ -86,40 +79,37 @@ def apply_decomposition(model, cfg):
     return names
 
 
+@MODELING_HOOK_REGISTRY.register()
+class DecompositionHook(ModelingHook):
+    """Modeling hook replacing the convs named by ``MODEL.DECOMPOSE.LAYERS`` (see
+    :func:`apply_decomposition`; a no-op when the list is empty). After :meth:`apply`,
+    ``decomposed_layers`` holds the replaced modules' qualified names. :meth:`unapply` keeps the
+    replacements: their weights are the model's (fitted or trained), there is nothing to restore."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.decomposed_layers = []
+
+    def apply(self, model):
+        self.decomposed_layers = apply_decomposition(model, self.cfg)
+        return model
+
+    def unapply(self, model):
+        return model
+
+
 @META_ARCH_REGISTRY.register()
 class DecomposedGeneralizedRCNN(GeneralizedRCNN):
-    """detectron2's GeneralizedRCNN whose convs named by ``MODEL.DECOMPOSE.LAYERS`` are replaced by
-    depthwise-separable convs (paper Sec. 3.4) or channel decompositions (Sec. 3.2), see
-    :func:`apply_decomposition`. Inputs and outputs are GeneralizedRCNN's (a list of dicts with
-    "image" (C, H, W) -> a list of dicts with "instances").
+    """META_ARCHITECTURE form of ``MODEL.MODELING_HOOKS: ["DecompositionHook"]``: detectron2's
+    GeneralizedRCNN whose convs named by ``MODEL.DECOMPOSE.LAYERS`` are replaced by
+    depthwise-separable convs (paper Sec. 3.4) or channel decompositions (Sec. 3.2). Inputs and
+    outputs are GeneralizedRCNN's (a list of dicts with "image" (C, H, W) -> a list of dicts with
+    "instances"). Kept so that configs naming it build with detectron2's own ``build_model``
+    (DefaultTrainer, DefaultPredictor).
     """
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.decomposed_layers = apply_decomposition(self, cfg)
-
-
-def build_decomposition_loader(cfg, num_images=None, seed=None):
-    """Deterministic batches (one image each) of ``num_images`` random images of DATASETS.TRAIN.
-
-    The images are drawn once with ``seed`` and mapped like test images (resize to
-    INPUT.MIN_SIZE_TEST, no flip), so every pass over the loader -- Algorithm 3 makes one per layer
-    -- sees the same inputs, at the size the network is used at.
-    """
-    from detectron2.data import build_detection_test_loader, get_detection_dataset_dicts
-
-    from ..data.dataset_checks import CheckedDatasetMapper
-
-    d = cfg.MODEL.DECOMPOSE
-    num_images = d.NUM_IMAGES if num_images is None else num_images
-    seed = d.SEED if seed is None else seed
-    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, filter_empty=False)
-    if num_images <= 0:
-        raise ValueError(f"MODEL.DECOMPOSE.NUM_IMAGES={num_images}: expected a positive number")
-    rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(len(dicts), size=min(num_images, len(dicts)), replace=False).tolist())
-    return build_detection_test_loader(
-        dataset=[dicts[i] for i in chosen],
-        mapper=CheckedDatasetMapper(cfg, is_train=False),
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
-    )
+        hook = DecompositionHook(cfg)
+        apply_modeling_hooks(self, [hook])
+        self.decomposed_layers = hook.decomposed_layers
