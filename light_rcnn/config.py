@@ -107,6 +107,18 @@ def add_light_rcnn_config(cfg):
     _C.MODEL.MODELING_HOOKS = []
 
     # ---------------------------------------------------------------------------------------
+    # Exponential moving average of the weights (light_rcnn.engine.ema.ModelEMAHook)
+    # ---------------------------------------------------------------------------------------
+    _C.MODEL_EMA = CN()
+    # Keep an EMA of the weights (and BN buffers); it replaces the trained weights after the last
+    # iteration, so model_final.pth and the final evaluation are the averaged model's.
+    _C.MODEL_EMA.ENABLED = False
+    # W_ema <- DECAY * W_ema + (1 - DECAY) * W after each step; the average spans ~1/(1-DECAY) iterations.
+    _C.MODEL_EMA.DECAY = 0.999
+    # Iteration at which averaging starts (weights of the first iterations from scratch only drag it).
+    _C.MODEL_EMA.START_ITER = 0
+
+    # ---------------------------------------------------------------------------------------
     # Student-teacher distillation (thesis Sec. 2.1.3; "DistillationHook" or META_ARCHITECTURE
     # "DistillationRCNN")
     # ---------------------------------------------------------------------------------------

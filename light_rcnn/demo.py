@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import DefaultPredictor
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
@@ -24,6 +23,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 from .config import load_config
 from .data import register_shapes_datasets
 from .engine import Trainer, check_output_dir, check_weights
+from .engine.predictor import Predictor
 
 DEFAULT_DEMO_CONFIG = "light_rcnn://shapes/light_mask_rcnn_framework1_shapes.yaml"
 # The AP figures :func:`run_demo_seeds` aggregates, per task.
@@ -31,14 +31,14 @@ SEED_SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 def draw_predictions(cfg, weights, dataset_name, out_file, num_images=6, min_score=0.5):
-    """Load ``weights`` into the model of ``cfg`` (detectron2's DefaultPredictor), draw its masks
+    """Load ``weights`` into the model of ``cfg`` (:class:`light_rcnn.engine.predictor.Predictor`), draw its masks
     scoring at least ``min_score`` on the first ``num_images`` images of ``dataset_name`` side by
     side and write ``out_file`` (PNG). (Evaluation keeps every detection down to the config's
     ``ROI_HEADS.SCORE_THRESH_TEST``, as COCO AP needs; drawing those would bury the picture.)"""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
-    predictor = DefaultPredictor(cfg)
+    predictor = Predictor(cfg)
     metadata = MetadataCatalog.get(dataset_name)
     panels = []
     for d in DatasetCatalog.get(dataset_name)[:num_images]:

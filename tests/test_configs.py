@@ -6,11 +6,10 @@ import os
 
 import pytest
 import torch
-from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from light_rcnn import load_config
+from light_rcnn import build_model, load_config
 from light_rcnn.config import packaged_configs_dir
 
 CONFIG_DIR = packaged_configs_dir()  # listed at collection time; loaded by light_rcnn:// name
@@ -98,7 +97,7 @@ def _teacher_checkpoint(cfg, folder):
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_config_builds_trains_one_step_and_infers(name, tmp_path, tiny_resnet):
     cfg = _shrink(_load(name, tiny_resnet + SHRINK))
-    if cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN":
+    if cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN" or "DistillationHook" in cfg.MODEL.MODELING_HOOKS:
         cfg.merge_from_list(["MODEL.DISTILL.TEACHER_WEIGHTS", _teacher_checkpoint(cfg, tmp_path)])
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -107,6 +106,8 @@ def test_config_builds_trains_one_step_and_infers(name, tmp_path, tiny_resnet):
         losses = model(_inputs(cfg.MODEL.MASK_ON))
     total = sum(losses.values())
     assert torch.isfinite(total), losses
+    if "DistillationHook" in cfg.MODEL.MODELING_HOOKS or cfg.MODEL.META_ARCHITECTURE == "DistillationRCNN":
+        assert "loss_distill_cls" in losses
     total.backward()
     model.eval()
     with torch.no_grad():

@@ -9,7 +9,10 @@
 3. Both loaders use :class:`light_rcnn.data.dataset_checks.CheckedDatasetMapper`: training skips an
    undecodable image, evaluation raises ``RuntimeError`` naming it.
 4. Checkpoint writes are atomic (:func:`light_rcnn.engine.checkpoint.make_writes_atomic`).
-5. CPU processes can train together (``--num-gpus 2`` on a machine without a GPU; ``launch()``
+5. ``MODEL.MODELING_HOOKS`` are applied to the built model (:meth:`build_model`, i.e.
+   :func:`light_rcnn.build_model`), and ``MODEL_EMA`` adds a weight-averaging hook
+   (:class:`light_rcnn.engine.ema.ModelEMAHook`) before the checkpointer and evaluation.
+6. CPU processes can train together (``--num-gpus 2`` on a machine without a GPU; ``launch()``
    starts GLOO processes there). See :class:`Trainer`.
 """
 import logging
@@ -20,14 +23,17 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model
+from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver import build_optimizer as build_sgd_optimizer
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..compression import build_model as build_hooked_model
 from ..data.dataset_checks import CheckedDatasetMapper
 from .checkpoint import make_writes_atomic
+from .ema import ModelEMAHook
 
 __all__ = ["Trainer"]
 
@@ -58,6 +64,22 @@ class Trainer(DefaultTrainer):
             super().__init__(cfg)
         # The hooks hold this same checkpointer object, so this covers every save.
         make_writes_atomic(self.checkpointer)
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's ``build_model`` followed by ``cfg.MODEL.MODELING_HOOKS`` (:func:`light_rcnn.build_model`)."""
+        model = build_hooked_model(cfg)
+        logging.getLogger(__name__).info("Model:\n{}".format(model))
+        return model
+
+    def build_hooks(self):
+        """detectron2's hooks, plus :class:`ModelEMAHook` right after the LR scheduler when
+        ``MODEL_EMA.ENABLED`` (so PreciseBN, the checkpointer and the evaluation see the averaged weights)."""
+        hook_list = super().build_hooks()
+        if self.cfg.MODEL_EMA.ENABLED:
+            at = next(i for i, h in enumerate(hook_list) if isinstance(h, d2_hooks.LRScheduler)) + 1
+            hook_list.insert(at, ModelEMAHook(self.cfg.MODEL_EMA.DECAY, self.cfg.MODEL_EMA.START_ITER))
+        return hook_list
 
     def _init_cpu_processes(self, cfg):
         """``DefaultTrainer.__init__`` (detectron2 0.7) with ``device_ids=None`` for the DDP
