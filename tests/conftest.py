@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny generated shapes data set and tiny CPU configs."""
+import importlib.util
 import os
 import warnings
 
@@ -95,3 +96,25 @@ def config_file():
     from light_rcnn.config import resolve_config_file
 
     return lambda rel: resolve_config_file("light_rcnn://" + rel)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``f("tools/train_net.py")`` -> that script loaded as a module, the way ``python <script>`` runs
+    it (``tools/`` and ``datasets/`` are folders of scripts, not packages)."""
+
+    def load(relpath):
+        path = os.path.join(REPO_ROOT, relpath)
+        name = "script_" + os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def load_tool(load_script):
+    """``f("benchmark")`` -> ``tools/benchmark.py`` loaded as a module."""
+    return lambda name: load_script(os.path.join("tools", f"{name}.py"))

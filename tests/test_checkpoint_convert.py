@@ -1,7 +1,6 @@
 """light_rcnn.checkpoint_convert / tools/convert_torchvision_to_d2.py: a torchvision ResNet-50
 converted to detectron2 naming loads into build_resnet_backbone with every tensor equal, and
 both networks compute the same res5 / layer4 features."""
-import importlib.util
 import os
 import pickle
 
@@ -133,17 +132,10 @@ def test_config_changes_text():
     assert "RES2_OUT_CHANNELS: 64" in detectron2_config_changes(18)
 
 
-def _load_tool():
-    # tools/ is not a package: load the script the way `python tools/convert_torchvision_to_d2.py` runs it.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "convert_torchvision_to_d2.py")
-    spec = importlib.util.spec_from_file_location("convert_torchvision_to_d2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
-def test_command_line(torchvision_r50, tmp_path, capsys):
-    tool = _load_tool()
+def test_command_line(torchvision_r50, tmp_path, capsys, load_tool):
+    tool = load_tool("convert_torchvision_to_d2")
     dst = str(tmp_path / "r50.pkl")
     out = tool.main([torchvision_r50[1], dst])
     assert out["depth"] == 50 and os.path.isfile(dst)

@@ -1,6 +1,5 @@
 """Config-driven decomposition of detectors (DecompositionHook, apply_decomposition,
 DecomposedGeneralizedRCNN) and tools/decompose_net.py end to end, on tiny CPU models."""
-import importlib.util
 import os
 import re
 
@@ -24,7 +23,6 @@ from light_rcnn.compression import (
 )
 from light_rcnn.data import register_shapes_datasets
 
-TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tools")
 NARROW = ["MODEL.SLK.MID_CHANNELS", 8, "MODEL.SLK.OUT_CHANNELS", 16, "MODEL.LIGHT_HEAD.CONV_DIMS", [16, 16],
           "MODEL.ROI_MASK_HEAD.CONV_DIM", 8]
 LAYERS = [r"roi_heads\.subnet\.conv\d+", r"backbone\.branch_[ab]\.[01]", r".*res4\.\d+\.conv2"]
@@ -51,13 +49,6 @@ def _cfg(config, opts, extra=()):
     cfg = load_config(config, opts + list(extra))
     register_shapes_datasets(cfg)
     return cfg
-
-
-def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_apply_decomposition_replaces_exactly_the_matched_convs(configs, opts):
@@ -173,8 +164,8 @@ def test_decomposed_checkpoint_reloads_into_the_config_built_model(configs, opts
     assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
 
 
-def test_decompose_net_end_to_end(configs, opts, tmp_path, capsys):
-    tool = _load_tool("decompose_net")
+def test_decompose_net_end_to_end(configs, opts, tmp_path, capsys, load_tool):
+    tool = load_tool("decompose_net")
     config = configs[0]
     cfg = load_config(config, opts)
     opts = [str(o) if not isinstance(o, (list, tuple)) else str(list(o)) for o in opts]
@@ -202,7 +193,7 @@ def test_decompose_net_end_to_end(configs, opts, tmp_path, capsys):
     assert [r["name"] for r in ckpt["decomposition"]] == [r.name for r in reports]
 
     # tools/train_net.py --eval-only on it (the files are what a user passes)
-    train_net = _load_tool("train_net")
+    train_net = load_tool("train_net")
     res = train_net.main(train_net.argument_parser().parse_args([
         "--config-file", os.path.join(out, "config.yaml"), "--eval-only",
         "MODEL.WEIGHTS", os.path.join(out, "model_decomposed.pth"), "OUTPUT_DIR", str(tmp_path / "eval"),
@@ -226,8 +217,8 @@ def test_decompose_net_end_to_end(configs, opts, tmp_path, capsys):
         tool.main(["--config-file", configs[1], "--weights", weights, "--output-dir", str(tmp_path / "z"), *opts])
 
 
-def test_sanity_check_cli_prints_its_own_figures(capsys):
-    result = _load_tool("decompose_net").main(["--sanity-check", "--sanity-channels", "16", "--sanity-trials", "1"])
+def test_sanity_check_cli_prints_its_own_figures(capsys, load_tool):
+    result = load_tool("decompose_net").main(["--sanity-check", "--sanity-channels", "16", "--sanity-trials", "1"])
     printed = capsys.readouterr().out
     assert "one 16 -> 16 3x3 conv, N = 3000 samples, 1 trials" in printed
     for method in PAPER_RANDOM_DATA_ERRORS:

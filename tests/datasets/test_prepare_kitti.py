@@ -1,5 +1,4 @@
 """datasets/prepare_kitti.py on a small generated sample in KITTI label_2 format."""
-import importlib.util
 import json
 import os
 import re
@@ -13,18 +12,13 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 # datasets/ is not a package: load the script the way `python datasets/prepare_kitti.py` runs it.
-PREPARE_KITTI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "datasets", "prepare_kitti.py")
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location(
-        "prepare_kitti", PREPARE_KITTI)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def prepare_kitti(load_script):
+    return load_script("datasets/prepare_kitti.py")
 
 
-prepare_kitti = _load_script()
 
 LABELS = {
     "000000": [
@@ -53,7 +47,7 @@ def _write_sample(root, labels=LABELS, sizes=((60, 90), (50, 70), (40, 41))):
     return root
 
 
-def test_convert_default_car(tmp_path):
+def test_convert_default_car(tmp_path, prepare_kitti):
     root = _write_sample(str(tmp_path / "kitti"))
     coco = prepare_kitti.convert(root, ["000000", "000001", "000002"], ["Car"])
     assert coco["categories"] == [{"id": 1, "name": "Car", "supercategory": "kitti"}]
@@ -68,7 +62,7 @@ def test_convert_default_car(tmp_path):
     assert all(a["category_id"] == 1 and a["iscrowd"] == 0 for a in anns)
 
 
-def test_main_writes_splits_and_registration_reads_them(tmp_path):
+def test_main_writes_splits_and_registration_reads_them(tmp_path, prepare_kitti):
     root = _write_sample(str(tmp_path / "kitti"))
     written = prepare_kitti.main(["--root", root, "--classes", "Car", "Van",
                                   "--val-fraction", "0.34", "--seed", "1"])
@@ -113,7 +107,7 @@ def test_import_does_not_register_kitti():
     (["DATASETS.TEST", ("kitti_val",)], True),
     ([], False),  # the shapes config names no KITTI set
 ])
-def test_kitti_registered_when_a_config_names_it(datasets, registered, tmp_path, monkeypatch, config_file):
+def test_kitti_registered_when_a_config_names_it(datasets, registered, tmp_path, monkeypatch, config_file, prepare_kitti):
     from light_rcnn import load_config
     from light_rcnn.data import register_builtin_datasets, register_shapes_datasets
 
@@ -132,7 +126,7 @@ def test_kitti_registered_when_a_config_names_it(datasets, registered, tmp_path,
         register_shapes_datasets()  # back to the default shapes registration
 
 
-def test_explicit_split_dir(tmp_path):
+def test_explicit_split_dir(tmp_path, prepare_kitti):
     root = _write_sample(str(tmp_path / "kitti"))
     split_dir = tmp_path / "split"
     split_dir.mkdir()
@@ -153,7 +147,7 @@ def test_explicit_split_dir(tmp_path):
     ("Car 0.00 0 -1.58 587.01 173.33 500.00 200.12 1.65 1.67 3.64 -0.65 1.71 46.70 -1.59",
      "empty or invalid box"),
 ])
-def test_malformed_line_names_file_and_line(tmp_path, line, message):
+def test_malformed_line_names_file_and_line(tmp_path, line, message, prepare_kitti):
     labels = {"000000": [LABELS["000000"][0], line]}
     root = _write_sample(str(tmp_path / "kitti"), labels)
     path = os.path.join(root, "training", "label_2", "000000.txt")
@@ -161,7 +155,7 @@ def test_malformed_line_names_file_and_line(tmp_path, line, message):
         prepare_kitti.convert(root, ["000000"], ["Car"])
 
 
-def test_missing_image_is_named(tmp_path):
+def test_missing_image_is_named(tmp_path, prepare_kitti):
     root = _write_sample(str(tmp_path / "kitti"))
     os.remove(os.path.join(root, "training", "image_2", "000001.png"))
     with pytest.raises(FileNotFoundError, match="000001"):

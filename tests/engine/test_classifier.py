@@ -1,6 +1,5 @@
 """tools/train_classifier.py (light_rcnn.engine.classifier): a few CPU steps on a tiny generated
 image folder lower the loss, and the checkpoint loads into the detectors' bottom-up backbone."""
-import importlib.util
 import os
 
 import cv2
@@ -21,8 +20,6 @@ from light_rcnn.engine.classifier import (
     train_classifier,
 )
 
-TRAIN_CLASSIFIER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools",
-                                "train_classifier.py")
 
 # Class-dependent BGR colours (+ noise), 8 images of 32x32 per class.
 COLOURS = {"blue": (200, 40, 40), "green": (40, 200, 40), "red": (40, 40, 200)}
@@ -168,11 +165,8 @@ def test_schedule_presets():
 
 
 @pytest.fixture(scope="module")
-def train_classifier_tool():
-    spec = importlib.util.spec_from_file_location("train_classifier", TRAIN_CLASSIFIER)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def train_classifier_tool(load_tool):
+    return load_tool("train_classifier")
 
 
 def test_command_line_schedule(train_classifier_tool):

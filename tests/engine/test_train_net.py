@@ -1,6 +1,5 @@
 """tools/train_net.py end to end on CPU: training lowers the loss, --eval-only gives AP, --resume
 continues, two GLOO processes train together, checkpoints are never clobbered."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,11 +18,8 @@ TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
 
 
 @pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location("train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def train_net(load_tool):
+    return load_tool("train_net")
 
 
 @pytest.fixture
