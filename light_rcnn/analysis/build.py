@@ -7,7 +7,7 @@ all of which reach the mask head (:func:`fixed_work_opts`, :func:`zero_box_regre
 """
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -41,15 +41,19 @@ def resolve_weights(cfg, opts: Sequence[str]) -> str:
     return weights
 
 
-def fixed_work_opts(cfg, num_proposals: int, num_detections: int) -> List[object]:
+def fixed_work_opts(cfg, num_proposals: int, num_detections: int,
+                    pre_nms_topk: Optional[int] = None) -> List[object]:
     """The overrides that make a detectron2 config process exactly ``num_proposals`` proposals and
     ``num_detections`` detections (all reaching the mask head) per image.
 
     ``RPN.NMS_THRESH = 1.0`` suppresses nothing (torchvision's NMS drops a box only when IoU >
-    threshold), and so do a score threshold of 0 and a per-class NMS threshold of 1.
+    threshold), and so do a score threshold of 0 and a per-class NMS threshold of 1. The RPN ranks
+    ``pre_nms_topk`` boxes per feature level before its NMS (``None``: the config's own
+    ``PRE_NMS_TOPK_TEST``), at least ``num_proposals``.
     """
+    topk = int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST) if pre_nms_topk is None else int(pre_nms_topk)
     return [
-        "MODEL.RPN.PRE_NMS_TOPK_TEST", max(int(cfg.MODEL.RPN.PRE_NMS_TOPK_TEST), num_proposals),
+        "MODEL.RPN.PRE_NMS_TOPK_TEST", max(topk, num_proposals),
         "MODEL.RPN.POST_NMS_TOPK_TEST", num_proposals,
         "MODEL.RPN.NMS_THRESH", 1.0,
         "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
@@ -100,9 +104,10 @@ class MeasurementConfig:
 
 
 def measurement_config(config_file: str, opts: Sequence[str] = (), *, device: str = "cpu",
-                       fixed_work: Optional[Tuple[int, int]] = None) -> MeasurementConfig:
+                       fixed_work: Optional[Tuple[int, int]] = None,
+                       pre_nms_topk: Optional[int] = None) -> MeasurementConfig:
     """Load ``config_file`` with ``opts`` for measurement on ``device``; with ``fixed_work=(N, M)``
-    at the benchmark's fixed work.
+    at the benchmark's fixed work (``pre_nms_topk``: see :func:`fixed_work_opts`).
 
     Raises:
         FileNotFoundError: the config does not exist, or ``MODEL.WEIGHTS`` given in ``opts`` would
@@ -114,7 +119,7 @@ def measurement_config(config_file: str, opts: Sequence[str] = (), *, device: st
     cfg = load_config(config_file, opts)
     weights = resolve_weights(cfg, opts)
     config_weights = cfg.MODEL.WEIGHTS
-    overrides = fixed_work_opts(cfg, *fixed_work) if fixed_work else []
+    overrides = fixed_work_opts(cfg, *fixed_work, pre_nms_topk=pre_nms_topk) if fixed_work else []
     if overrides:
         cfg.merge_from_list(overrides)
     cfg.MODEL.WEIGHTS = ""
@@ -141,6 +146,44 @@ def build_detector(cfg, weights: str = "", *, zero_regression: bool = False) -> 
     return model, zeroed
 
 
+def calibrate_frozen_bn(model: nn.Module, run: Callable[[], object]) -> int:
+    """Give every frozen batch norm of a randomly initialized ``model`` the statistics of its own
+    input in ``run()`` (one forward, without gradients), as a trained network's frozen BN has;
+    returns how many layers were calibrated.
+
+    Before weights are loaded, detectron2's and torchvision's ``FrozenBatchNorm2d`` are the
+    identity, so a full-depth ResNet's activations grow by orders of magnitude through its residual
+    blocks (R50-C4's res5 head most of all): the first training losses are huge, one SGD step makes
+    them infinite and the RPN stops with "Predicted boxes or scores contain Inf/NaN". A forward
+    pre-hook on each frozen BN sets ``running_mean`` / ``running_var`` to its input's per-channel
+    mean / variance just before it normalizes; layers run in order, so each sees inputs already
+    normalized upstream and a single pass calibrates them all. The layers and their cost are
+    unchanged (the scale and shift only change value), which is why the benchmark's train task
+    uses this rather than trainable BN, gradient clipping or a smaller network.
+    """
+    from detectron2.layers import FrozenBatchNorm2d
+    from torchvision.ops.misc import FrozenBatchNorm2d as TVFrozenBatchNorm2d
+
+    def pre(module, args):
+        x = args[0].detach().float()
+        dims = [d for d in range(x.dim()) if d != 1]
+        with torch.no_grad():
+            module.running_mean.copy_(x.mean(dim=dims))
+            module.running_var.copy_(x.var(dim=dims, unbiased=False))
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+    layers = [m for m in model.modules() if isinstance(m, (FrozenBatchNorm2d, TVFrozenBatchNorm2d))]
+    handles = [m.register_forward_pre_hook(pre) for m in layers]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return len(layers)
+
+
 def build_torchvision_detector(name: str, kwargs: Dict[str, object], weights: Optional[str] = None) -> nn.Module:
     """``torchvision.models.get_model(name, **kwargs)`` with random weights, or the local state
     dict ``weights`` (a state dict, or ``{"model": state_dict}``) loaded into it."""
@@ -162,6 +205,7 @@ __all__ = [
     "MeasurementConfig",
     "build_detector",
     "build_torchvision_detector",
+    "calibrate_frozen_bn",
     "config_name",
     "fixed_work_opts",
     "measurement_config",

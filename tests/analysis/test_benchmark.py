@@ -23,13 +23,16 @@ def fixed_run(tiny_d2_configs, tmp_path_factory):
     """One fixed-work benchmark of two tiny configs and one that cannot build, timed from outside.
 
     It runs from a folder outside the repository and without PYTHONPATH, so the memory child has
-    to find the installed package by itself."""
+    to find the installed package by itself. C4 and FPN rank different numbers of anchors before
+    their RPN NMS (one level against five), so the run records that unequal work instead of
+    stopping (``strict_work=False``)."""
     c4, fpn = tiny_d2_configs
     out = str(tmp_path_factory.mktemp("bench"))
     specs = make_specs([[c4], [fpn], [c4, "MODEL.BACKBONE.NAME", "NoSuchBackbone"]])
     settings = BenchmarkSettings(
         models=specs, image_size=(H, W), warmup=2, iters=ITERS, threads=1, output_dir=out,
         num_proposals=N_PROPOSALS, num_detections=N_MASKS, memory="subprocess", command_line="pytest",
+        strict_work=False,
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(str(tmp_path_factory.mktemp("elsewhere")))
@@ -115,15 +118,26 @@ def test_every_stage_is_measured(fixed_run):
     assert c4["stages_ms"]["neck"] == 0.0 and fpn["stages_ms"]["neck"] > 0
 
 
-def test_fixed_work_is_equal_and_verified(fixed_run):
+def test_fixed_work_is_met_and_unequal_nms_work_reported(fixed_run):
+    """Both models process the prescribed proposals and mask boxes; their final NMS receives the
+    same boxes (60 ROIs x 5 classes), but FPN's RPN NMS receives more than C4's 7 x 9 x 15 anchors:
+    the run is not verified and says so for FPN only."""
     results = fixed_run[0]
-    assert results["fixed_work"]["verified"] is True
-    for m in _ok(results):
+    c4, fpn = _ok(results)
+    for m in (c4, fpn):
         c = m["counts"]
         assert c["proposals_per_image"] == N_PROPOSALS and c["box_rois"] == N_PROPOSALS
         assert c["mask_rois"] == N_MASKS and c["detections_per_image"] == N_MASKS
         assert c["identical_every_pass"]
         assert m["fixed_work_overrides"]["MODEL.RPN.NMS_THRESH"] == 1.0
+        assert m["fixed_work_overrides"]["MODEL.RPN.PRE_NMS_TOPK_TEST"] == 6000
+    assert c4["nms_inputs"] == [7 * 9 * 15, N_PROPOSALS * 5] and c4["work_verified"] is True
+    assert fpn["nms_inputs"][0] > c4["nms_inputs"][0] and fpn["nms_inputs"][1] == N_PROPOSALS * 5
+    assert fpn["unequal_work"] == {"reference": "tiny_c4", "differences": {
+        "nms_inputs": {"model": fpn["nms_inputs"], "reference": c4["nms_inputs"]}}}
+    assert fpn["work_verified"] is False and results["fixed_work"]["verified"] is False
+    with open(os.path.join(fixed_run[1], "benchmark.md")) as f:
+        assert f"| {fpn['nms_inputs'][0]}/{N_PROPOSALS * 5} (unequal) |" in f.read()
 
 
 def test_memory_measured_in_a_fresh_process(fixed_run):
@@ -153,12 +167,19 @@ def test_unmet_fixed_work_raises(tiny_d2_configs):
 
 
 def test_torchvision_model_at_same_work(tiny_d2_configs):
+    """A torchvision detector keeps the same proposals and detections; its RPN (other levels and
+    anchors) feeds its NMS other boxes: refused, then recorded with ``strict_work=False``."""
     specs = make_specs([[tiny_d2_configs[1]]], ["fasterrcnn_mobilenet_v3_large_320_fpn"])
-    results = run_benchmark(BenchmarkSettings(models=specs, image_size=(H, W), warmup=0, iters=1, memory="off",
-                                              num_proposals=N_PROPOSALS, num_detections=N_MASKS))
+    kw = dict(models=specs, image_size=(H, W), warmup=0, iters=1, memory="off", num_proposals=N_PROPOSALS,
+              num_detections=N_MASKS)
+    with pytest.raises(FixedWorkError, match=r"tv:fasterrcnn_mobilenet_v3_large_320_fpn: nms_inputs \["):
+        run_benchmark(BenchmarkSettings(**kw))
+    results = run_benchmark(BenchmarkSettings(strict_work=False, **kw))
     tv = results["models"][1]
     assert tv["status"] == "ok", tv.get("error")
     assert tv["counts"]["proposals_per_image"] == N_PROPOSALS and tv["counts"]["detections_per_image"] == N_MASKS
+    # 60 ROIs x 12 of its 90 foreground classes enter its final NMS; its RPN NMS another number
+    assert tv["nms_inputs"][1] == N_PROPOSALS * 12 and list(tv["unequal_work"]["differences"]) == ["nms_inputs"]
     assert tv["mask_on"] is False and tv["stages_ms"]["mask_head"] == 0.0 and tv["stages_ms"]["neck"] > 0
     assert tv["flops"]["total"] > 0 and tv["ratio_to_baseline"]["params"] > 1
 

@@ -31,6 +31,8 @@ def test_light_rcnn_against_detectron2_baseline(load_tool, config_file, tiny_res
     assert (base["name"], light["name"]) == ("mask_rcnn_R_50_C4_shapes", "light_mask_rcnn_framework1_shapes")
     assert (base["roi_heads"], light["roi_heads"]) == ("Res5ROIHeads", "LightRCNNROIHeads")
     assert results["fixed_work"]["verified"] is True and results["baseline"] == base["name"]
+    # the same boxes enter every NMS: 7 x 9 positions x 12 anchors, 40 ROIs x the shapes' 4 classes
+    assert base["nms_inputs"] == light["nms_inputs"] == [7 * 9 * 12, N_PROPOSALS * 4]
     for m in (base, light):
         assert m["work_verified"] is True
         c = m["counts"]

@@ -1,4 +1,5 @@
 """A model under test: built (through :mod:`light_rcnn.analysis.build`), hooked, fed and described."""
+import contextlib
 from typing import Dict, Optional
 
 import numpy as np
@@ -8,6 +9,7 @@ from ..build import build_detector, build_torchvision_detector, measurement_conf
 from ..model_stats import detectron2_flop_analysis, flops_summary, generic_flop_analysis
 from ..stage_timer import DetectorParts
 from .inputs import random_polygons, synthetic_image
+from .nms_work import FixedScores
 from .specs import BenchmarkSettings, ModelSpec
 
 
@@ -54,8 +56,9 @@ def torchvision_kwargs(settings: BenchmarkSettings, tv_sizes=None) -> Dict[str, 
     if settings.task != "data":
         kwargs.update(min_size=min(h, w), max_size=max(h, w))
     if settings.fixed_work:
+        topk = 1000 if settings.rpn_pre_nms_topk is None else settings.rpn_pre_nms_topk  # 1000: torchvision's
         kwargs.update(
-            rpn_pre_nms_top_n_test=max(1000, settings.num_proposals),
+            rpn_pre_nms_top_n_test=max(topk, settings.num_proposals),
             rpn_post_nms_top_n_test=settings.num_proposals,
             rpn_nms_thresh=1.0,
             box_score_thresh=0.0,
@@ -77,7 +80,9 @@ class Candidate:
         name: report label.
         kind: ``"detectron2"`` or ``"torchvision"``.
         model: the built detector (moved to ``settings.device`` and set to eval mode here).
-        settings: the benchmark settings (device, image size, seed of synthetic inputs).
+        settings: the benchmark settings (device, image size, seed of synthetic inputs, precision);
+            at fixed work with ``control_scores`` the model's RPN and class scores are replaced
+            (:class:`.nms_work.FixedScores`).
         cfg: the frozen config of a detectron2 model.
         info: what the report says about how the model was built.
         child_spec: JSON-able description from which the memory child rebuilds the model.
@@ -96,6 +101,16 @@ class Candidate:
         self.child_spec = child_spec
         self.parts = detectron2_parts(model) if kind == "detectron2" else torchvision_parts(model, name)
         self.has_mask = self.parts.mask_head is not None
+        self.fixed_scores = None
+        if settings.fixed_work and settings.control_scores:
+            rpn_head = model.proposal_generator.rpn_head if kind == "detectron2" else model.rpn.head
+            self.fixed_scores = FixedScores(rpn_head, self.parts.box_predictor, settings.classes_per_roi,
+                                            background="last" if kind == "detectron2" else "first",
+                                            seed=settings.seed)
+            self.info["score_control"] = {
+                "rpn_objectness": "seeded standard normal logits of the head's output shape",
+                "classes_per_roi": settings.classes_per_roi,
+            }
         self.model = model.to(self.device)
         self.model.eval()
 
@@ -114,7 +129,7 @@ class Candidate:
     def _from_detectron2(cls, spec, settings):
         fixed = (settings.num_proposals, settings.num_detections) if settings.fixed_work else None
         mc = measurement_config(spec.config_file, list(settings.global_opts) + list(spec.opts),
-                                device=settings.device, fixed_work=fixed)
+                                device=settings.device, fixed_work=fixed, pre_nms_topk=settings.rpn_pre_nms_topk)
         cfg, overrides = mc.cfg, mc.fixed_work_overrides
         info = {"kind": spec.kind, "config_file": spec.config_file, "opts": mc.opts,
                 "weights": mc.weights or None,
@@ -193,14 +208,23 @@ class Candidate:
                 targets.append(t)
         return batch if self.kind == "detectron2" else (images, targets)
 
+    def autocast(self):
+        """``torch.autocast`` at the benchmark's precision (nothing in fp32)."""
+        dtype = self.settings.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+
     def forward(self, inputs):
-        return self.model(inputs)
+        with self.autocast():
+            return self.model(inputs)
 
     def train_forward(self, inputs):
-        if self.kind == "detectron2":
-            return self.model(inputs)
-        images, targets = inputs
-        return self.model(images, targets)
+        with self.autocast():
+            if self.kind == "detectron2":
+                return self.model(inputs)
+            images, targets = inputs
+            return self.model(images, targets)
 
     # -- static figures ---------------------------------------------------------------------
     def flops(self, inputs):

@@ -18,7 +18,8 @@ from .specs import BenchmarkSettings
 CHILD_MODULE = "light_rcnn.analysis.benchmark.memory_child"
 MARKER = "@@MEMORY@@"
 # The settings the child needs to rebuild the model and its input.
-CHILD_SETTINGS = ("task", "device", "image_size", "batch_size", "num_gt", "seed", "num_proposals", "num_detections")
+CHILD_SETTINGS = ("task", "device", "image_size", "batch_size", "num_gt", "seed", "num_proposals", "num_detections",
+                  "dataset", "precision", "control_scores", "classes_per_roi", "rpn_pre_nms_topk")
 
 
 def measure_memory(cand: Candidate, settings: BenchmarkSettings, image_size) -> Dict[str, object]:

@@ -11,7 +11,7 @@ from typing import Dict
 
 import torch
 
-from ..build import build_detector, build_torchvision_detector
+from ..build import build_detector, build_torchvision_detector, calibrate_frozen_bn
 from ..model_stats import MIB
 from .candidate import Candidate
 from .inputs import synthetic_image
@@ -38,7 +38,7 @@ def child_candidate(child_spec: Dict[str, object], settings: BenchmarkSettings) 
         cfg = LightRCNNCfgNode.load_cfg(child_spec["cfg_yaml"])
         torch.manual_seed(0)
         # random weights at fixed work: keep every box on the image, as the measured model does
-        model, _ = build_detector(cfg, zero_regression=settings.task == "inference")
+        model, _ = build_detector(cfg, zero_regression=settings.fixed_work)
         return Candidate("child", "detectron2", model, settings, cfg=cfg)
     model = build_torchvision_detector(child_spec["name"], child_spec["kwargs"])
     return Candidate("child", "torchvision", model, settings)
@@ -59,6 +59,7 @@ def memory_child(child_spec, device, task, image_size, settings_dict, threads) -
         cand.model.train()
         inputs = cand.train_inputs(settings.batch_size, settings.num_gt, settings.seed)
         with EventStorage():
+            calibrate_frozen_bn(cand.model, lambda: cand.train_forward(inputs))  # as the timed model
             losses = cand.train_forward(inputs)
             sum(losses.values()).backward()
     else:

@@ -31,13 +31,17 @@ def markdown_table(results) -> str:
         f"- machine: {env['device_name']} ({env['device']}), torch {env['torch']}, detectron2 {env['detectron2']}, "
         f"torchvision {env['torchvision']}, python {env['python']}, threads {env['torch_num_threads']}, "
         f"cudnn.benchmark {env['cudnn_benchmark']}, TF32 matmul/cudnn {env['tf32_matmul']}/{env['tf32_cudnn']}",
-        f"- {env['timestamp']}; image {s['image_size']}, warm-up {s['warmup']}, iterations {s['iters']}; "
-        f"FLOPs = {results['flops_unit']}",
+        f"- {env['timestamp']}; image {s['image_size']}, warm-up {s['warmup']}, iterations {s['iters']}, "
+        f"precision {results.get('precision', 'fp32')}; FLOPs = {results['flops_unit']}",
     ]
     if "fixed_work" in results:
         fw = results["fixed_work"]
         lines.append(f"- fixed work: {fw['proposals_per_image']} proposals and {fw['mask_boxes_per_image']} "
                      f"mask boxes per image, verified on every pass: {fw.get('verified')}")
+        scores = (f"model-independent RPN and class scores, {fw['classes_per_roi']} classes per ROI"
+                  if fw.get("score_control") else "the models' own scores")
+        lines.append(f"- NMS inputs (boxes entering [RPN, final] NMS, verification pass): {scores}; RPN pre-NMS "
+                     f"top-k {fw.get('rpn_pre_nms_topk')}")
     lines.append(f"- baseline: {results['baseline']}")
     lines.append("")
     ok = [m for m in results["models"] if m["status"] == "ok"]
@@ -60,8 +64,9 @@ def markdown_table(results) -> str:
                 f"{_gmacs(m)} | {_fmt(m['params'] / 1e6, 2)} | {_fmt(m['weights_mib'])} | {_mem(m)} | {_fmt(r.get('latency'), 2)} |")
     else:
         lines += ["| model | ms/img mean | median | p90 | img/s | " + " | ".join(STAGES) +
-                  " | GMACs | params (M) | weights MiB | peak mem MiB | x latency | x FLOPs | x params | proposals | mask boxes |",
-                  "|---|" + "---|" * (4 + len(STAGES) + 10)]
+                  " | GMACs | params (M) | weights MiB | peak mem MiB | x latency | x FLOPs | x params | proposals "
+                  "| mask boxes | NMS inputs |",
+                  "|---|" + "---|" * (4 + len(STAGES) + 11)]
         for m in ok:
             L, st, r, c = m["latency_ms"], m["stages_ms"], m.get("ratio_to_baseline") or {}, m["counts"]
             lines.append(
@@ -69,7 +74,7 @@ def markdown_table(results) -> str:
                 + " | ".join(_fmt(st[s]) for s in STAGES)
                 + f" | {_gmacs(m)} | {_fmt(m['params'] / 1e6, 2)} | {_fmt(m['weights_mib'])} | {_mem(m)} | "
                 f"{_fmt(r.get('latency'), 2)} | {_fmt(r.get('flops'), 2)} | {_fmt(r.get('params'), 2)} | "
-                f"{_fmt(c['proposals_per_image'], 0)} | {_fmt(c['mask_rois'], 0)} |")
+                f"{_fmt(c['proposals_per_image'], 0)} | {_fmt(c['mask_rois'], 0)} | {_nms(m)} |")
         lines += ["", "Stages in ms (means of the staged passes; they add up to the staged total). "
                   "`postprocess` includes preprocessing (normalize/pad) and mask pasting."]
     if failed:
@@ -78,6 +83,12 @@ def markdown_table(results) -> str:
             err = str(m["error"]).replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {m['name']} | {m.get('error_stage')} | {err} |")
     return "\n".join(lines) + "\n"
+
+
+def _nms(m):
+    nms = m.get("nms_inputs")
+    text = "/".join(str(n) for n in nms) if nms else "-"
+    return text + (" (unequal)" if m.get("unequal_work") else "")
 
 
 def _gmacs(m):

@@ -13,8 +13,9 @@ from .inputs import synthetic_image
 from .loader import measure_loader
 from .memory import measure_memory
 from .report import write_reports
-from .specs import BenchmarkSettings
-from .timing import Runner, interleaved_inference, summarize_inference, summarize_train, train_round
+from .specs import PRECISIONS, BenchmarkSettings
+from .timing import (Runner, interleaved_inference, summarize_inference, summarize_train, train_round,
+                     verify_equal_work)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,36 @@ def _validate(settings: BenchmarkSettings) -> None:
         raise ValueError("no model to benchmark")
     if settings.iters < 1:
         raise ValueError("iters must be >= 1")
+    if settings.classes_per_roi < 1:
+        raise ValueError("classes_per_roi must be >= 1")
+    if settings.rpn_pre_nms_topk is not None and settings.rpn_pre_nms_topk < 1:
+        raise ValueError("rpn_pre_nms_topk must be >= 1 (None: each config's own)")
+    _validate_precision(settings)
+
+
+def _validate_precision(settings: BenchmarkSettings) -> None:
+    """``--precision`` must name a dtype that ``torch.autocast`` supports on the device: torch
+    disables autocast with a warning otherwise, which would silently measure fp32."""
+    import warnings
+
+    if settings.precision not in PRECISIONS:
+        raise ValueError(f"--precision '{settings.precision}': expected one of {', '.join(PRECISIONS)}")
+    dtype = settings.autocast_dtype
+    if dtype is None:
+        return
+    device_type = torch.device(settings.device).type
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.autocast(device_type=device_type, dtype=dtype):
+                pass
+        except (RuntimeError, ValueError) as e:
+            raise ValueError(f"--precision {settings.precision} is not supported on {device_type} by torch "
+                             f"{torch.__version__}: {e}") from e
+    disabled = [w for w in caught if "autocast" in str(w.message).lower()]
+    if disabled:
+        raise ValueError(f"--precision {settings.precision} is not supported on {device_type} by torch "
+                         f"{torch.__version__}: {disabled[0].message}")
 
 
 def _check_weights(settings: BenchmarkSettings) -> None:
@@ -70,6 +101,7 @@ def _results_header(settings: BenchmarkSettings) -> Dict[str, object]:
     results = {
         "schema_version": SCHEMA_VERSION,
         "task": settings.task,
+        "precision": settings.precision,
         "mode": ("fixed_work" if settings.fixed_work else "dataset") if settings.task == "inference" else settings.task,
         "settings": sdict,
         "environment": environment(settings.device, settings.command_line),
@@ -82,6 +114,11 @@ def _results_header(settings: BenchmarkSettings) -> Dict[str, object]:
     if settings.fixed_work:
         results["fixed_work"] = {"proposals_per_image": settings.num_proposals,
                                  "mask_boxes_per_image": settings.num_detections,
+                                 "rpn_pre_nms_topk": settings.rpn_pre_nms_topk or "each config's own",
+                                 "score_control": settings.control_scores,
+                                 "classes_per_roi": settings.classes_per_roi if settings.control_scores else None,
+                                 "nms_inputs": "boxes entering [RPN NMS, final per-class NMS] of one image, "
+                                               "counted on a verification pass (torch.profiler)",
                                  "enforced": settings.strict_work}
     return results
 
@@ -234,10 +271,26 @@ def _count_flops(runners, records, settings, loaders):
 
 
 def _run_train(runners, settings):
-    """Warm-up and timed training iterations of every model; returns the failures."""
+    """Warm-up and timed training iterations of every model; returns the failures.
+
+    Models with random weights get their frozen batch norms calibrated on their training batch
+    first (:func:`light_rcnn.analysis.build.calibrate_frozen_bn`): without it a random full-depth
+    ResNet (R50-C4) diverges in its first iterations. fp16 uses loss scaling (``GradScaler``).
+    """
+    from detectron2.utils.events import EventStorage
+
+    from ..build import calibrate_frozen_bn
+
     failed, inputs_by_name = {}, {}
     for r in runners:
         r.cand.model.train()
+        inputs_by_name[r.cand.name] = r.cand.train_inputs(settings.batch_size, settings.num_gt, settings.seed)
+        if not r.cand.info.get("weights"):
+            with EventStorage(0):
+                n = calibrate_frozen_bn(r.cand.model, lambda: r.cand.train_forward(inputs_by_name[r.cand.name]))
+            r.extra["calibrated_frozen_bn_layers"] = n
+        if settings.precision == "fp16":
+            r.extra["grad_scaler"] = torch.amp.GradScaler(torch.device(settings.device).type)
         if r.cand.kind == "detectron2":
             from detectron2.solver import build_optimizer
 
@@ -248,7 +301,6 @@ def _run_train(runners, settings):
         else:
             params = [p for p in r.cand.model.parameters() if p.requires_grad]
             r.extra["optimizer"] = torch.optim.SGD(params, lr=settings.train_lr, momentum=0.9, weight_decay=1e-4)
-        inputs_by_name[r.cand.name] = r.cand.train_inputs(settings.batch_size, settings.num_gt, settings.seed)
     for _ in range(settings.warmup):
         train_round(runners, settings, inputs_by_name, failed, False)
     for _ in range(settings.iters):
@@ -308,6 +360,8 @@ def run_benchmark(settings: BenchmarkSettings) -> Dict[str, object]:
         _count_flops(runners, records, settings, loaders)
 
     if settings.task == "inference":
+        # counts (and, at fixed work, checks) the boxes entering every NMS before anything is timed
+        verify_equal_work(runners, settings, get_inputs, settings.baseline or settings.models[0].name)
         failed = interleaved_inference(runners, settings, get_inputs, fixed)
     else:
         failed = _run_train(runners, settings)
@@ -320,10 +374,14 @@ def run_benchmark(settings: BenchmarkSettings) -> Dict[str, object]:
             rec.update(status="failed", error_stage=stage, error=err)
             continue
         rec.update(summarize_inference(r, settings) if settings.task == "inference" else summarize_train(r, settings))
-        if "work_mismatch" in r.extra:
-            rec["work_mismatch"] = r.extra["work_mismatch"]
+        for key in ("work_mismatch", "unequal_work", "calibrated_frozen_bn_layers"):
+            if key in r.extra:
+                rec[key] = r.extra[key]
+        if "verified_work" in r.extra:
+            rec["nms_inputs"] = r.extra["verified_work"]["nms_inputs"]
+            rec["verified_work"] = r.extra["verified_work"]
         if fixed:
-            rec["work_verified"] = settings.strict_work or "work_mismatch" not in rec
+            rec["work_verified"] = settings.strict_work or not ({"work_mismatch", "unequal_work"} & set(rec))
     if fixed:
         ok = [records[r.cand.name] for r in runners if records[r.cand.name]["status"] == "ok"]
         results["fixed_work"]["verified"] = bool(ok) and all(m.get("work_verified") for m in ok)

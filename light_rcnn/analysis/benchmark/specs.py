@@ -6,8 +6,12 @@ from typing import List, Optional, Tuple
 from ..build import config_name
 
 
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
 class FixedWorkError(RuntimeError):
-    """A model did not process the prescribed number of proposals / mask boxes."""
+    """A model did not process the prescribed number of proposals / mask boxes, or the models of a
+    fixed-work run did not feed their NMS the same number of boxes."""
 
 
 @dataclass
@@ -49,6 +53,16 @@ class BenchmarkSettings:
     dataset: Optional[str] = None  # registered data set: real-data mode / data task
     num_proposals: int = 300
     num_detections: int = 100
+    # Fixed work: boxes ranked per feature level before the RPN NMS (PRE_NMS_TOPK_TEST of every
+    # config; torchvision's rpn_pre_nms_top_n_test); None keeps each config's own.
+    rpn_pre_nms_topk: Optional[int] = 6000
+    # Fixed work: replace the RPN objectness and class scores by model-independent ones so the
+    # same boxes enter every NMS (see nms_work.FixedScores); False keeps the models' own scores.
+    control_scores: bool = True
+    # Fixed work with control_scores: classes of each ROI whose score passes the threshold, so the
+    # final NMS receives num_proposals x min(this, NUM_CLASSES) boxes.
+    classes_per_roi: int = 12
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (torch.autocast around inference / train forward)
     batch_size: int = 2  # train task
     num_gt: int = 4  # train task: synthetic ground-truth instances per image
     # Train task: SGD learning rate. Random weights on random targets diverge at a config's full
@@ -62,6 +76,13 @@ class BenchmarkSettings:
     tf32: Optional[bool] = None  # None: leave as is
     strict_work: bool = True
     command_line: Optional[str] = None
+
+    @property
+    def autocast_dtype(self):
+        """``torch.float16`` / ``torch.bfloat16`` for autocast, ``None`` for fp32."""
+        import torch
+
+        return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
 
     @property
     def fixed_work(self) -> bool:

@@ -16,6 +16,7 @@ import torch
 
 from ..stage_timer import STAGES, StageTimer
 from .candidate import Candidate
+from .nms_work import count_nms_inputs
 from .specs import FixedWorkError
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,85 @@ def check_work(cand: Candidate, counts, settings) -> None:
             "disabled). A model that filters proposals or detections in its own way cannot be compared "
             "at fixed work; pass strict_work=False (--allow-unequal-work) to record it anyway."
         )
+
+
+def verification_pass(runner: Runner, inputs) -> Dict[str, object]:
+    """One untimed inference pass under :mod:`torch.profiler`: the work counted by the stage timer
+    plus ``nms_inputs``, the boxes entering each NMS (``[RPN, final per-class, ...]``)."""
+    cand = runner.cand
+    runner.timer.timing(False)
+    out = {}
+
+    def run():
+        with torch.no_grad():
+            out["y"] = cand.forward(inputs)
+
+    nms = count_nms_inputs(run, cand.parts.rpn, cand.parts.roi_heads)
+    runner.timer.record_detections(out.pop("y"))
+    rec = count_record(runner.timer.last_counts)
+    rec["nms_inputs"] = nms
+    return rec
+
+
+WORK_KEYS = ("nms_inputs", "proposals_per_image", "mask_rois", "detections")
+
+
+def unequal_work(records: Dict[str, Dict[str, object]], reference: str) -> Dict[str, Dict[str, object]]:
+    """The models whose verified work differs from that of ``reference``: ``{name: {key: (theirs,
+    reference's)}}`` over :data:`WORK_KEYS` (mask boxes only between models that predict masks)."""
+    ref = records[reference]
+    out = {}
+    for name, rec in records.items():
+        diff = {}
+        for key in WORK_KEYS:
+            if key == "mask_rois" and not (rec[key] and ref[key]):
+                continue
+            if rec[key] != ref[key]:
+                diff[key] = (rec[key], ref[key])
+        if diff:
+            out[name] = diff
+    return out
+
+
+def verify_equal_work(runners, settings, get_inputs, reference: str) -> Dict[str, Dict[str, object]]:
+    """Verification pass of every model (before the warm-up and timing); at fixed work, the
+    prescribed counts and the same ``nms_inputs`` for every model.
+
+    Returns:
+        ``{name: counts of its verification pass}``; models that crash are left out (the timed loop
+        reports them).
+
+    Raises:
+        FixedWorkError: at fixed work with ``strict_work``, a model misses the prescribed work, or
+            two models' verified work differ (naming the models and their counts).
+    """
+    verified = {}
+    for r in runners:
+        try:
+            rec = verification_pass(r, get_inputs(r))
+        except Exception:  # noqa: BLE001  (the timed loop reports the failure)
+            logger.exception("verification pass of %s failed", r.cand.name)
+            continue
+        verified[r.cand.name] = rec
+        r.extra["verified_work"] = rec
+        if settings.fixed_work and settings.strict_work:
+            check_work(r.cand, {k: v for k, v in rec.items() if k != "nms_inputs"}, settings)
+    if settings.fixed_work and verified:
+        ref = reference if reference in verified else next(iter(verified))
+        diff = unequal_work(verified, ref)
+        for name, d in diff.items():
+            next(r for r in runners if r.cand.name == name).extra["unequal_work"] = {
+                "reference": ref, "differences": {k: {"model": a, "reference": b} for k, (a, b) in d.items()}}
+        if diff and settings.strict_work:
+            lines = "; ".join(f"{name}: " + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in d.items())
+                              for name, d in diff.items())
+            raise FixedWorkError(
+                f"unequal work between models (reference {ref}: nms_inputs {verified[ref]['nms_inputs']}, "
+                f"proposals {verified[ref]['proposals_per_image']}, mask boxes {verified[ref]['mask_rois']}): "
+                f"{lines}. Models that feed their NMS different numbers of boxes (e.g. another "
+                "PRE_NMS_TOPK_TEST, feature stride or number of classes) do not do the same work; pass "
+                "--allow-unequal-work (strict_work=False) to measure them anyway.")
+    return verified
 
 
 def interleaved_inference(runners, settings, get_inputs, fixed):
@@ -176,7 +256,7 @@ def train_round(runners, settings, inputs_by_name, failed, record) -> None:
         cand = r.cand
         try:
             inputs = inputs_by_name[cand.name]
-            opt = r.extra["optimizer"]
+            opt, scaler = r.extra["optimizer"], r.extra.get("grad_scaler")
             sync(cand.device)
             t0 = time.perf_counter()
             with EventStorage(r.extra.setdefault("iter", 0)):
@@ -185,10 +265,14 @@ def train_round(runners, settings, inputs_by_name, failed, record) -> None:
             sync(cand.device)
             t1 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (scaler.scale(loss) if scaler is not None else loss).backward()
             sync(cand.device)
             t2 = time.perf_counter()
-            opt.step()
+            if scaler is not None:  # fp16: loss scaling, as detectron2's AMPTrainer
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             sync(cand.device)
             t3 = time.perf_counter()
             r.extra["iter"] += 1
