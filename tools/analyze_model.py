@@ -13,15 +13,8 @@ import json
 import sys
 
 import light_rcnn  # noqa: F401  (registers components)
+from light_rcnn.analysis.benchmark.specs import parse_image_size
 from light_rcnn.analysis.model_stats import analyze_configs, format_analysis
-
-
-def image_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--image-size '{text}': expected HxW, e.g. 800x1333")
-    return h, w
 
 
 def get_parser():
@@ -30,7 +23,7 @@ def get_parser():
                    help="a config, followed by its own overrides; repeatable")
     p.add_argument("--tasks", nargs="+", choices=["flop", "activation", "parameter", "structure"],
                    default=["flop", "parameter"])
-    p.add_argument("--image-size", type=image_size, default="800x1333", metavar="HxW")
+    p.add_argument("--image-size", type=parse_image_size, default="800x1333", metavar="HxW")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-depth", type=int, default=3, help="depth of the parameter table")
     p.add_argument("--fixed-work", nargs=2, type=int, metavar=("PROPOSALS", "DETECTIONS"),

@@ -27,14 +27,7 @@ import sys
 
 import light_rcnn  # noqa: F401  (registers components)
 from light_rcnn.analysis.benchmark import BenchmarkSettings, make_specs, run_benchmark
-
-
-def image_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--image-size '{text}': expected HxW, e.g. 800x1333")
-    return h, w
+from light_rcnn.analysis.benchmark.specs import parse_image_size
 
 
 def pre_nms_topk(text):
@@ -60,7 +53,7 @@ def get_parser():
     p.add_argument("--names", nargs="+", help="report labels, configs first then torchvision models")
     p.add_argument("--task", choices=["inference", "train", "data"], default="inference")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--image-size", type=image_size, default=(800, 1333), metavar="HxW")
+    p.add_argument("--image-size", type=parse_image_size, default=(800, 1333), metavar="HxW")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--threads", type=int, help="torch.set_num_threads")

@@ -11,8 +11,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 from torch import nn
+
+from ..compression import build_model
 
 
 def config_name(config_file: str, opts: Sequence[str] = ()) -> str:

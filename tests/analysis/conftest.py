@@ -1,7 +1,5 @@
 """Fixtures of the analysis tests: two tiny detectron2 configs of different structure, and the
 command-line tools loaded as modules."""
-import importlib.util
-import os
 
 import pytest
 
@@ -25,17 +23,3 @@ def tiny_d2_configs(tmp_path_factory):
         f.write('_BASE_: "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"\n' + TINY
                 + "  FPN: {OUT_CHANNELS: 16}\n  ROI_BOX_HEAD: {FC_DIM: 32}\n  ROI_MASK_HEAD: {CONV_DIM: 8}\n")
     return c4, fpn
-
-
-@pytest.fixture(scope="session")
-def load_tool():
-    """``f("benchmark")`` -> the module of ``tools/benchmark.py`` (tools are scripts, not a package)."""
-    tools = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "tools")
-
-    def load(name):
-        spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(tools, f"{name}.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    return load

@@ -132,3 +132,14 @@ def make_specs(config_entries, torchvision_models=(), torchvision_weights=(), na
     for s, n in zip(specs, labels):
         s.name = n
     return specs
+
+
+def parse_image_size(text: str):
+    """``"800x1333"`` -> ``(800, 1333)``; the ``--image-size`` argument type of the tools."""
+    import argparse
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--image-size '{text}': expected HxW, e.g. 800x1333") from None
+    return h, w
