@@ -115,8 +115,8 @@ def add_light_rcnn_config(cfg):
     _C.MODEL_EMA.ENABLED = False
     # W_ema <- DECAY * W_ema + (1 - DECAY) * W after each step; the average spans ~1/(1-DECAY) iterations.
     _C.MODEL_EMA.DECAY = 0.999
-    # Iteration at which averaging starts (weights of the first iterations from scratch only drag it).
-    _C.MODEL_EMA.START_ITER = 0
+    # Fraction of SOLVER.MAX_ITER after which averaging starts, in [0, 1) (early weights only drag it).
+    _C.MODEL_EMA.START_FRACTION = 0.0
 
     # ---------------------------------------------------------------------------------------
     # Student-teacher distillation (thesis Sec. 2.1.3; "DistillationHook" or META_ARCHITECTURE

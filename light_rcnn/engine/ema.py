@@ -19,30 +19,28 @@ def _unwrap(model):
 
 
 class ModelEMAHook(HookBase):
-    """Keep ``W_ema = decay * W_ema + (1 - decay) * W`` after every step from ``start_iter`` on; load
-    ``W_ema`` into the model after the final step.
+    """Keep ``W_ema = decay * W_ema + (1 - decay) * W`` after every step from iteration
+    ``int(start_fraction * max_iter)`` on; load ``W_ema`` into the model after the final step.
 
     Args:
         decay: in (0, 1); the average spans about ``1 / (1 - decay)`` iterations.
-        start_iter: iteration at which averaging starts (from scratch, the first iterations' weights
-            are far from the final ones and would only drag the average).
+        start_fraction: in [0, 1): where in the schedule averaging starts (from scratch, the first
+            iterations' weights are far from the final ones and would only drag the average). A
+            fraction rather than an iteration, so a shortened ``SOLVER.MAX_ITER`` keeps it valid.
     """
 
-    def __init__(self, decay, start_iter=0):
+    def __init__(self, decay, start_fraction=0.0):
         if not 0.0 < float(decay) < 1.0:
             raise ValueError(f"MODEL_EMA.DECAY={decay!r}: expected a value in (0, 1), e.g. 0.999")
-        if int(start_iter) < 0:
-            raise ValueError(f"MODEL_EMA.START_ITER={start_iter!r}: expected >= 0")
+        if not 0.0 <= float(start_fraction) < 1.0:
+            raise ValueError(f"MODEL_EMA.START_FRACTION={start_fraction!r}: expected a value in [0, 1)")
         self.decay = float(decay)
-        self.start_iter = int(start_iter)
+        self.start_fraction = float(start_fraction)
+        self.start_iter = 0
         self.ema = None
 
     def before_train(self):
-        if self.start_iter >= self.trainer.max_iter:
-            raise ValueError(
-                f"MODEL_EMA.START_ITER={self.start_iter} is not below SOLVER.MAX_ITER={self.trainer.max_iter}: "
-                "nothing would be averaged"
-            )
+        self.start_iter = int(self.start_fraction * self.trainer.max_iter)
 
     @torch.no_grad()
     def after_step(self):
@@ -51,7 +49,7 @@ class ModelEMAHook(HookBase):
         if it >= self.start_iter:
             if self.ema is None:
                 self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.decay), use_buffers=True)
-            # The first update copies the weights (W_ema = W at START_ITER), later ones average.
+            # The first update copies the weights (W_ema = W at the start iteration), later ones average.
             self.ema.update_parameters(model)
         if it + 1 == self.trainer.max_iter and self.ema is not None:
             model.load_state_dict(self.ema.module.state_dict())

@@ -78,7 +78,7 @@ class Trainer(DefaultTrainer):
         hook_list = super().build_hooks()
         if self.cfg.MODEL_EMA.ENABLED:
             at = next(i for i, h in enumerate(hook_list) if isinstance(h, d2_hooks.LRScheduler)) + 1
-            hook_list.insert(at, ModelEMAHook(self.cfg.MODEL_EMA.DECAY, self.cfg.MODEL_EMA.START_ITER))
+            hook_list.insert(at, ModelEMAHook(self.cfg.MODEL_EMA.DECAY, self.cfg.MODEL_EMA.START_FRACTION))
         return hook_list
 
     def _init_cpu_processes(self, cfg):
