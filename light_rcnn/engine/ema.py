@@ -4,7 +4,9 @@ The average is kept by PyTorch's ``torch.optim.swa_utils.AveragedModel`` with
 ``get_ema_multi_avg_fn`` (parameters and buffers, so BatchNorm statistics follow the averaged
 weights, as D2Go's EMA does). At the last iteration the averaged weights replace the trained ones
 before the checkpointer and the evaluation hook run, so ``model_final.pth`` and the final COCO
-evaluation are those of the averaged model. Intermediate checkpoints hold the raw weights.
+evaluation are those of the averaged model. Intermediate checkpoints hold the raw weights and the
+average is not checkpointed: a run resumed after the start iteration restarts it from the resumed
+weights (the average spans ~1/(1 - decay) iterations, so only a resume near the end matters).
 """
 import torch
 from detectron2.engine import HookBase
