@@ -14,9 +14,16 @@ class Predictor(DefaultPredictor):
     ``DefaultPredictor`` unchanged."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
-        if cfg.MODEL.MODELING_HOOKS:
-            # detectron2 built the bare META_ARCHITECTURE; rebuild with the hooks and reload.
-            self.model = build_model(self.cfg)
-            self.model.eval()
-            DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        if not cfg.MODEL.MODELING_HOOKS:
+            super().__init__(cfg)
+            return
+        # DefaultPredictor builds the bare META_ARCHITECTURE; let it skip the checkpoint (which
+        # belongs to the hooked architecture), then build the hooked model and load it there once.
+        bare = cfg.clone()
+        bare.defrost()
+        bare.MODEL.WEIGHTS = ""
+        super().__init__(bare)
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg)
+        self.model.eval()
+        DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
