@@ -11,5 +11,8 @@ setup(
     python_requires=">=3.8",
     # detectron2 and torch are deliberately NOT listed: a cluster user's source build of
     # detectron2 must not be replaced by a second distribution. `make setup` installs them.
-    install_requires=["fvcore", "iopath", "pycocotools", "opencv-python", "matplotlib"],
+    # onnx/onnxruntime: light_rcnn.deploy (export, ONNX Runtime, int8); ml-dtypes < 0.6 keeps onnx on
+    # numpy 1.x (0.6 requires numpy >= 2, which detectron2 0.7.2 does not support).
+    install_requires=["fvcore", "iopath", "pycocotools", "opencv-python", "matplotlib", "tqdm",
+                      "onnx", "onnxruntime", "ml-dtypes<0.6"],
 )

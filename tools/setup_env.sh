@@ -44,10 +44,12 @@ if "$PY" -c "import detectron2, torch" >/dev/null 2>&1; then
   missing=$("$VENV/bin/python" - <<'PYEOF'
 import importlib.util
 mods = {"fvcore": "fvcore", "iopath": "iopath", "pycocotools": "pycocotools", "cv2": "opencv-python",
-        "matplotlib": "matplotlib", "pytest": "pytest"}
+        "matplotlib": "matplotlib", "pytest": "pytest", "tqdm": "tqdm", "onnx": "onnx",
+        "onnxruntime": "onnxruntime", "ml_dtypes": "ml-dtypes<0.6"}
 print(" ".join(pkg for mod, pkg in mods.items() if importlib.util.find_spec(mod) is None))
 PYEOF
 )
+  # ml-dtypes 0.6 needs numpy >= 2 (onnx imports it): keep it below 0.6 so numpy 1.x is not replaced.
   # shellcheck disable=SC2086
   [ -z "$missing" ] || "$VENV/bin/pip" install -q $missing
 else
@@ -58,8 +60,9 @@ else
   [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
   # One resolver call, so opencv/numpy/detectron2 pins are solved together (numpy < 2).
   "$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt \
-    torch torchvision sal-detectron2 fvcore iopath setuptools numpy opencv-python pycocotools matplotlib pytest
+    torch torchvision sal-detectron2 fvcore iopath setuptools numpy opencv-python pycocotools matplotlib pytest \
+    tqdm onnx onnxruntime ml-dtypes
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -c "import light_rcnn, detectron2, torch; print('setup: light_rcnn ready; detectron2', detectron2.__version__, 'torch', torch.__version__)"
+"$VENV/bin/python" -c "import light_rcnn, detectron2, torch, onnx, onnxruntime; print('setup: light_rcnn ready; detectron2', detectron2.__version__, 'torch', torch.__version__)"
 echo "$want" > "$STAMP"

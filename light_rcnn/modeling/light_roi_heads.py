@@ -1,5 +1,7 @@
 """Redesigned R-CNN subnet of Light Mask R-CNN (paper Sec. III-C, Fig. 2) and Table II's C5 subnet
 on the thin feature map."""
+from typing import Dict, List, Optional
+
 import torch
 from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
@@ -15,6 +17,7 @@ from detectron2.modeling.roi_heads import (
     select_foreground_proposals,
 )
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
+from detectron2.structures import Boxes, ImageList, Instances
 import fvcore.nn.weight_init as weight_init
 from torch import nn
 
@@ -66,19 +69,25 @@ class LightRCNNSubnetHead(nn.Module):
         }
 
     def forward(self, x):
-        for conv in self.convs:
-            x = conv(x)
+        # The convs in registration order (``self.convs`` is a plain list, which TorchScript cannot
+        # read; iterating the children keeps the module scriptable and its checkpoint keys unchanged).
+        for name, module in self.named_children():
+            if name.startswith("conv"):
+                x = module(x)
         return x
 
     def pool(self, features):
         return torch.flatten(self.box_pool(features), start_dim=1)
 
+    # Build-time metadata, not part of a scripted model (as detectron2's box heads do).
     @property
+    @torch.jit.unused
     def conv_output_shape(self):
         """Shape of :meth:`forward`'s output, which the mask head reads."""
         return self._conv_shape
 
     @property
+    @torch.jit.unused
     def output_shape(self):
         return self._output_shape
 
@@ -132,7 +141,8 @@ class LightRCNNROIHeads(Res5ROIHeads):
             ret["mask_head"] = build_mask_head(cfg, subnet.conv_output_shape)
         return ret
 
-    def _shared_roi_transform(self, features, boxes):
+    # Annotated for TorchScript (detectron2's scripting export compiles these methods).
+    def _shared_roi_transform(self, features: List[torch.Tensor], boxes: List[Boxes]):
         return self.subnet(self.pooler(features, boxes))
 
     def box_class_logits(self, features, boxes):
@@ -148,7 +158,13 @@ class LightRCNNROIHeads(Res5ROIHeads):
         x = self._shared_roi_transform([features[f] for f in self.in_features], boxes)
         return self.box_predictor(self.subnet.pool(x))[0]
 
-    def forward(self, images, features, proposals, targets=None):
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        proposals: List[Instances],
+        targets: Optional[List[Instances]] = None,
+    ):
         del images
         if self.training:
             assert targets, "LightRCNNROIHeads needs targets in training"

@@ -1,0 +1,136 @@
+"""tools/predict.py end to end with a tiny random-weight eager shapes model: an image folder gives a
+PNG per image and a COCO results JSON with RLE masks; a short generated video gives an MP4 with
+every frame; nothing existing is overwritten; bad inputs fail before the model loads."""
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from pycocotools import mask as mask_util
+
+from light_rcnn import build_model, load_config
+from light_rcnn.data import generate_shapes_dataset
+from light_rcnn.deploy import load_predictor
+
+RESULT_KEYS = {"image_id", "category_id", "bbox", "score", "segmentation"}
+
+
+@pytest.fixture
+def tiny_model(tmp_path, config_file, shapes_root, tiny_shapes_opts, tiny_resnet, tiny_sizes):
+    """``(checkpoint, config yaml)`` of a random-weight framework-1 shapes model that keeps every
+    detection (SCORE_THRESH_TEST 0), at most 8 per image (drawing is the slow part)."""
+    opts = tiny_resnet + tiny_sizes + tiny_shapes_opts(shapes_root) + [
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "TEST.DETECTIONS_PER_IMAGE", 8]
+    cfg = load_config(config_file("shapes/light_mask_rcnn_framework1_shapes.yaml"), opts)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    d = tmp_path / "model"
+    d.mkdir()
+    DetectionCheckpointer(model, save_dir=str(d)).save("model")
+    with open(d / "config.yaml", "w") as f:
+        f.write(cfg.dump())
+    return str(d / "model.pth"), str(d / "config.yaml")
+
+
+@pytest.fixture
+def shapes_images(shapes_root):
+    """Three generated 64-px shapes images (BGR) and their files."""
+    _, image_root = generate_shapes_dataset(shapes_root, "val", 3, 64, 1)
+    files = sorted(os.path.join(image_root, f) for f in os.listdir(image_root) if f.endswith(".jpg"))
+    assert len(files) == 3
+    return files
+
+
+def _args(model, cfg, inp, out, *extra):
+    return ["--model", model, "--config-file", cfg, "--input", inp, "--output", out, "--no-progress", *extra]
+
+
+def test_image_folder_overlays_and_coco_json(load_tool, tiny_model, shapes_images, tmp_path, capsys):
+    model, cfg = tiny_model
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for i, f in enumerate(shapes_images):
+        os.symlink(f, inp / f"shape_{i}.jpg")
+    out = tmp_path / "out"
+    load_tool("predict").main(_args(model, cfg, str(inp), str(out), "--batch-size", "2",
+                                    "--confidence-threshold", "0"))
+    printed = capsys.readouterr().out
+    assert "3 frame(s) predicted" in printed and str(out / "results.json") in printed
+
+    assert sorted(os.listdir(out)) == ["images.json", "results.json", "shape_0.png", "shape_1.png", "shape_2.png"]
+    for i in range(3):
+        assert cv2.imread(str(out / f"shape_{i}.png")).shape == (64, 64, 3)
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    with open(out / "images.json") as f:
+        images = json.load(f)
+    assert [(im["id"], im["file_name"]) for im in images["images"]] == [
+        (i, str(inp / f"shape_{i}.jpg")) for i in range(3)]
+    assert [c["name"] for c in images["categories"]] == ["circle", "triangle", "square", "star"]
+    assert results and all(set(r) == RESULT_KEYS for r in results)
+    # Same detections as the predictor gives directly, with masks that decode at the image size.
+    predictor = load_predictor(model, config_file=cfg)
+    expected = predictor([cv2.imread(f) for f in shapes_images])
+    for i, inst in enumerate(expected):
+        mine = [r for r in results if r["image_id"] == i]
+        assert len(mine) == len(inst) > 0
+        assert [r["category_id"] for r in mine] == inst.pred_classes.tolist()
+        decoded = np.stack([mask_util.decode(r["segmentation"]) for r in mine]).astype(bool)
+        assert decoded.shape == (len(inst), 64, 64) and decoded.any()
+        assert np.array_equal(decoded, inst.pred_masks.numpy())
+
+    # A second run into the same folder is refused and leaves every file as it was.
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    with pytest.raises(FileExistsError, match=r"refusing to overwrite .*shape_0\.png"):
+        load_tool("predict").main(_args(model, cfg, str(inp), str(out)))
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+
+def test_short_video_gives_an_mp4_with_every_frame(load_tool, tiny_model, shapes_images, tmp_path, capsys):
+    model, cfg = tiny_model
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 6.0, (64, 64))
+    for i in range(5):
+        writer.write(cv2.imread(shapes_images[i % 3]))
+    writer.release()
+    out = tmp_path / "out"
+    load_tool("predict").main(_args(model, cfg, video, str(out), "--batch-size", "2", "--threads",
+                                    str(torch.get_num_threads()), "--confidence-threshold", "0"))
+    assert str(out / "clip.mp4") in capsys.readouterr().out
+    assert sorted(os.listdir(out)) == ["clip.mp4", "images.json", "results.json"]
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(6.0)
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 5
+    with open(out / "images.json") as f:
+        assert [im["frame_index"] for im in json.load(f)["images"]] == [0, 1, 2, 3, 4]
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    assert {r["image_id"] for r in results} == {0, 1, 2, 3, 4}
+    assert all(set(r) == RESULT_KEYS and mask_util.area(r["segmentation"]) >= 0 for r in results)
+    assert any(mask_util.area(r["segmentation"]) > 0 for r in results)
+
+
+def test_bad_input_fails_before_the_model_is_read(load_tool, tmp_path):
+    not_a_model = str(tmp_path / "missing.pth")  # never opened: the input is checked first
+    with pytest.raises(FileNotFoundError, match=r"input not found: .*nope\.jpg"):
+        load_tool("predict").main(["--model", not_a_model, "--input", str(tmp_path / "nope.jpg"),
+                                   "--output", str(tmp_path / "o")])
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\0" * 100)
+    with pytest.raises(ValueError, match=r"cannot open video .*broken\.mp4"):
+        load_tool("predict").main(["--model", not_a_model, "--input", str(broken), "--output", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_rejects_a_zero_batch_size(load_tool, capsys):
+    with pytest.raises(SystemExit):
+        load_tool("predict").get_parser().parse_args(["--model", "m", "--input", "i", "--output", "o",
+                                                      "--batch-size", "0"])
+    assert "--batch-size: '0': expected a positive integer" in capsys.readouterr().err
