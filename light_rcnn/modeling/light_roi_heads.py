@@ -192,6 +192,8 @@ class ThinRes5ROIHeads(Res5ROIHeads):
     (64/128/256) instead of res4's 1024; everything else is detectron2's Res5ROIHeads.
 
     ROI features (N, C_thin, 14, 14) -> res5 (N, 2048 * width, 7, 7) -> box/class and mask heads.
+    The first block's shortcut is always a strided 1x1 projection, also when C_thin equals res5's
+    output channels (detectron2's block projects only when the channels change).
     """
 
     @classmethod
@@ -219,4 +221,12 @@ class ThinRes5ROIHeads(Res5ROIHeads):
             norm=r.NORM,
             stride_in_1x1=r.STRIDE_IN_1X1,
         )
+        first = blocks[0]
+        if first.shortcut is None and first.stride != 1:
+            # detectron2's block projects the shortcut only when the channels change; this one also
+            # halves the resolution (SLK.OUT_CHANNELS == RES2_OUT_CHANNELS * 8), so it needs a strided
+            # 1x1 projection too. The paper's sizes (64/128/256 -> 2048) already have one: keys unchanged.
+            first.shortcut = Conv2d(first.in_channels, out_channels, kernel_size=1, stride=first.stride,
+                                    bias=False, norm=get_norm(r.NORM, out_channels))
+            weight_init.c2_msra_fill(first.shortcut)
         return nn.Sequential(*blocks), out_channels

@@ -3,6 +3,7 @@ Accelerating Separable Convolutions in Efficient Convolutional Neural Networks",
 :class:`DepthwiseSeparableConv` (Sec. 3.3-3.4) and the channel-decomposition baseline
 :class:`ChannelDecomposedConv` (Sec. 3.2), and :func:`replace_module`, which swaps one into a model.
 """
+import torch
 from torch import nn
 
 __all__ = [
@@ -42,6 +43,12 @@ class _DecomposedConvBase(nn.Module):
         """(the k x k conv, the 1 x 1 conv)."""
         raise NotImplementedError
 
+    def decomposed_conv(self, x):
+        """The k x k conv then the 1 x 1 conv, without norm and activation (what :meth:`parts`
+        returns, applied; a separate method because TorchScript cannot call a method that returns
+        modules)."""
+        raise NotImplementedError
+
     @staticmethod
     def _replaced_conv_kwargs(conv):
         """Geometry, norm and activation of ``conv`` (an ``nn.Conv2d``), as constructor kwargs."""
@@ -58,17 +65,19 @@ class _DecomposedConvBase(nn.Module):
         nn.init.kaiming_normal_(pointwise.weight, mode="fan_in", nonlinearity="relu")
         nn.init.zeros_(pointwise.bias)
 
+    # Build-time metadata, not part of a scripted model (TorchScript would compile a property).
     @property
+    @torch.jit.unused
     def in_channels(self):
         return self.parts()[0].in_channels
 
     @property
+    @torch.jit.unused
     def out_channels(self):
         return self.parts()[1].out_channels
 
     def forward(self, x):
-        spatial, pointwise = self.parts()
-        x = pointwise(spatial(x))
+        x = self.decomposed_conv(x)
         if self.norm is not None:
             x = self.norm(x)
         if self.activation is not None:
@@ -104,6 +113,9 @@ class DepthwiseSeparableConv(_DecomposedConvBase):
     def parts(self):
         return self.depthwise, self.pointwise
 
+    def decomposed_conv(self, x):
+        return self.pointwise(self.depthwise(x))
+
 
 class ChannelDecomposedConv(_DecomposedConvBase):
     """Channel decomposition [Zhang et al. 2016] of a k x k conv, the paper's baseline (Sec. 3.2,
@@ -133,7 +145,11 @@ class ChannelDecomposedConv(_DecomposedConvBase):
     def parts(self):
         return self.reduce, self.expand
 
+    def decomposed_conv(self, x):
+        return self.expand(self.reduce(x))
+
     @property
+    @torch.jit.unused
     def rank(self):
         return self.reduce.out_channels
 

@@ -221,7 +221,11 @@ class PyramidDilatedInvertedResidual(CNNBlockBase):
 
     def forward(self, x):
         y = self.expand(x) if self.expand is not None else x
-        outs = [branch(part) for branch, part in zip(self.branches, torch.split(y, self.splits, 1))]
+        # Branch i filters split i (indexed, not zipped: TorchScript cannot zip a ModuleList).
+        parts = torch.split(y, self.splits, 1)
+        outs: List[torch.Tensor] = []
+        for i, branch in enumerate(self.branches):
+            outs.append(branch(parts[i]))
         if self.hierarchical_fusion:
             for i in range(1, len(outs)):
                 outs[i] = outs[i] + outs[i - 1]
@@ -255,7 +259,8 @@ class MobileNetBackbone(Backbone):
         names = [name for name, _ in stages]
         if names != list(STAGE_NAMES[: len(names)]):
             raise ValueError(f"stages must be named {STAGE_NAMES}, got {names}")
-        self.num_classes = num_classes
+        # None without a classifier (a None attribute lets TorchScript drop the classifier branch).
+        self.num_classes = num_classes or None
         if out_features is None:
             out_features = ["linear"] if num_classes else [names[-1]]
         unknown = [f for f in out_features if f not in names and f != "linear"]
@@ -298,13 +303,15 @@ class MobileNetBackbone(Backbone):
             maps, and "linear" -> (N, num_classes) logits.
         """
         if x.dim() != 4:
-            raise ValueError(f"expected a (N, C, H, W) tensor, got shape {tuple(x.shape)}")
-        outputs = {}
-        for name in self.stage_names:
-            x = getattr(self, name)(x)
-            if name in self._out_features:
-                outputs[name] = x
-        if self.num_classes:
+            raise ValueError(f"expected a (N, C, H, W) tensor, got shape {list(x.shape)}")
+        outputs: Dict[str, torch.Tensor] = {}
+        # The stages in registration order (TorchScript has no getattr by a variable name).
+        for name, stage in self.named_children():
+            if name in self.stage_names:
+                x = stage(x)
+                if name in self._out_features:
+                    outputs[name] = x
+        if self.num_classes is not None:
             if self.head is not None:
                 x = self.head(x)
             x = torch.flatten(self.avgpool(x), 1)
