@@ -31,8 +31,8 @@ def get_parser():
     p.add_argument("--warmup", type=int, default=5, metavar="N",
                    help="untimed images per runtime (default: %(default)s)")
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="the data set's first N images only")
-    p.add_argument("--order", choices=ORDERS, default="interleaved",
-                   help="interleaved: every runtime per image, rotating order; blocked: one runtime after the other")
+    p.add_argument("--order", choices=ORDERS, default="blocked",
+                   help="blocked: one runtime after the other (default); interleaved: every runtime per image, rotating order")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the models and the reports")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")

@@ -12,12 +12,13 @@ Protocol (choices where the issue is silent):
 * a latency is what a stopwatch around ``predictor([image])`` sees: pre-processing (resize),
   the model, post-processing (box scaling, mask pasting at image size); decoding the image file is
   outside (each image is read once and handed to every runtime);
-* ``order="interleaved"`` (default): each image runs through every runtime before the next image,
-  the runtimes' order rotating by one per image (A B C D, B C D A, ...), so that drifts of a shared
-  machine (other processes, turbo, heat) hit every runtime alike and none is always first after the
-  image was read. ``order="blocked"`` runs each runtime over all images in turn (eager first), in the
-  same process (keeping eager's outputs of every image for the comparisons): for checking that
-  the runtimes' thread pools do not slow each other down;
+* ``order="blocked"`` (default): each runtime runs over all images in turn (eager first), in the
+  same process (keeping eager's outputs of every image for the comparisons), as a deployment runs
+  one runtime; ``order="interleaved"``: each image runs through every runtime before the next
+  image, the order rotating by one per image (A B C D, B C D A, ...). Interleaving spreads drifts
+  of a shared machine over every runtime, but it also makes torch's and ONNX Runtime's thread pools
+  wake each other up image after image, which slowed eager and TorchScript (not ONNX Runtime) by
+  30-50 % on the 2-core development machine (README "Deploy"), so it is not the default;
 * warm-up: the first ``warmup`` images run once through every runtime, untimed and not evaluated;
   then every image is timed and evaluated (so AP covers the whole set);
 * threads: ``torch.set_num_threads(threads)`` for the process (eager, TorchScript, and the
@@ -91,7 +92,7 @@ class DeployBenchmarkSettings:
     max_images: Optional[int] = None
     calibration_images: int = 100
     num_check_images: int = 3
-    order: str = "interleaved"
+    order: str = "blocked"
     progress: bool = False
 
 

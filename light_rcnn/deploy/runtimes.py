@@ -233,6 +233,10 @@ def onnx_session(model_path, threads=None):
     # One graph at a time: inter-op parallelism would add threads beyond the requested count.
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # No spin-waiting between runs: the predictor's pre/post-processing (resize, mask pasting) runs
+    # in torch, whose thread pool would otherwise compete for the same cores with idle-spinning
+    # ONNX Runtime threads (README "Deploy").
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... classes

@@ -92,7 +92,7 @@ def test_all_runtimes_side_by_side(trained_model, load_tool, tmp_path):
         assert rt["eager"]["ap"][task]["AP"] == pytest.approx(want[task]["AP"], abs=1e-6)
     assert [t["runtime"] for t in saved["targets"]][:3] == ["torchscript", "onnx", "onnx-int8"]
     assert all(t["met"] in (True, False) for t in saved["targets"])
-    assert saved["environment"]["onnxruntime"] and saved["settings"]["order"] == "interleaved"
+    assert saved["environment"]["onnxruntime"] and saved["settings"]["order"] == "blocked"
     md = (out / "deploy_benchmark.md").read_text()
     assert all(f"| {name} (" in md for name in RUNTIMES) and "x vs eager" in md
     assert sorted(os.listdir(out)) == sorted(os.path.basename(p) for p in planned_files(str(out), RUNTIMES).values())
@@ -107,12 +107,12 @@ def test_all_runtimes_side_by_side(trained_model, load_tool, tmp_path):
         run_deploy_benchmark(config, rt["torchscript"]["path"], str(tmp_path / "other"), opts)
 
 
-def test_blocked_order_and_a_subset(trained_model, tmp_path):
+def test_interleaved_order_and_a_subset(trained_model, tmp_path):
     config, trained_opts = trained_model()
     opts, weights = _split(trained_opts)
-    out = tmp_path / "blocked"
+    out = tmp_path / "interleaved"
     settings = DeployBenchmarkSettings(runtimes=["torchscript", "eager"], threads=1, warmup=0, max_images=2,
-                                       order="blocked", num_check_images=1)
+                                       order="interleaved", num_check_images=1)
     record = run_deploy_benchmark(config, weights, str(out), opts, settings, log=lambda line: None)
     assert list(record["runtimes"]) == ["eager", "torchscript"]
     assert all(e["warmup_runs"] == 0 and e["latency_ms"]["n"] == 2 for e in record["runtimes"].values())
