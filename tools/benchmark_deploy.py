@@ -33,6 +33,8 @@ def get_parser():
     p.add_argument("--max-images", type=int, default=None, metavar="N", help="the data set's first N images only")
     p.add_argument("--order", choices=ORDERS, default="blocked",
                    help="blocked: one runtime after the other (default); interleaved: every runtime per image, rotating order")
+    p.add_argument("--rounds", type=int, default=3, metavar="N",
+                   help="blocked order: timed passes per runtime, the first runtime rotating (default: %(default)s)")
     p.add_argument("--output-dir", required=True, metavar="DIR", help="folder for the models and the reports")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -48,7 +50,7 @@ def main(argv=None):
     settings = DeployBenchmarkSettings(
         runtimes=runtimes, dataset=args.dataset, threads=args.threads, warmup=args.warmup,
         max_images=args.max_images, calibration_images=args.calibration_images, order=args.order,
-        progress=not args.no_progress)
+        rounds=args.rounds, progress=not args.no_progress)
     record = run_deploy_benchmark(args.config_file, args.weights, args.output_dir, args.opts, settings)
     print(markdown_report(record))
     return record

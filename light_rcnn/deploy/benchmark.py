@@ -82,6 +82,9 @@ class DeployBenchmarkSettings:
         calibration_images: training images (``DATASETS.TRAIN[0]``) calibrating int8.
         num_check_images: images of export_model's own parity check.
         order: "interleaved" or "blocked".
+        rounds: with order "blocked", timed passes over the images per runtime; round r starts with
+            the r-th runtime (round 0, evaluated, with eager), so slow drifts of the machine spread
+            over every runtime; latencies are pooled over the rounds.
         progress: tqdm bar over the images.
     """
 
@@ -93,6 +96,7 @@ class DeployBenchmarkSettings:
     calibration_images: int = 100
     num_check_images: int = 3
     order: str = "blocked"
+    rounds: int = 3
     progress: bool = False
 
 
@@ -205,11 +209,13 @@ class _RuntimeRecord:
         self.predictor([image])
         self.warmup_runs += 1
 
-    def run(self, image):
+    def run(self, image, evaluated=True):
+        """Time one call; ``evaluated``: the pass whose outputs are evaluated (detections counted)."""
         t0 = time.perf_counter()
         out = self.predictor([image])[0]
         self.seconds.append(time.perf_counter() - t0)
-        self.detections += len(out)
+        if evaluated:
+            self.detections += len(out)
         return out
 
 
@@ -228,7 +234,8 @@ def _measure(records, dicts, settings, read):
                 records[name].parity.append(compare_predictions([eager_out[d["image_id"]]], [out]))
 
     eager_out = {}
-    bar = tqdm(total=len(dicts) * (len(names) if settings.order == "blocked" else 1), unit="image",
+    bar = tqdm(total=len(dicts) * (len(names) * max(1, int(settings.rounds)) if settings.order == "blocked" else 1),
+               unit="image",
                disable=not settings.progress)
     if settings.order == "interleaved":
         for image in warm:
@@ -243,15 +250,19 @@ def _measure(records, dicts, settings, read):
             finish(d, outputs)
             bar.update(1)
     else:
-        for name in names:  # eager first: its outputs are the reference of the others
-            for image in warm:
-                records[name].warm(image)
-            for d in dicts:
-                out = records[name].run(read(d))
-                if name == "eager":
-                    eager_out[d["image_id"]] = out
-                finish(d, {name: out})
-                bar.update(1)
+        rounds = max(1, int(settings.rounds))
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:  # round 0: eager first, its outputs are the reference
+                for image in warm:
+                    records[name].warm(image)
+                for d in dicts:
+                    out = records[name].run(read(d), evaluated=r == 0)
+                    if r == 0:
+                        if name == "eager":
+                            eager_out[d["image_id"]] = out
+                        finish(d, {name: out})
+                    bar.update(1)
     bar.close()
 
 

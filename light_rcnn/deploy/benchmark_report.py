@@ -147,7 +147,8 @@ def markdown_report(record) -> str:
         f"detectron2 {env['detectron2']}, onnxruntime {env['onnxruntime']}, onnx {env['onnx']}, python {env['python']}",
         f"- {env['timestamp']}; load average (1/5/15 min) {_la(la['start'])} at the start, {_la(la['end'])} at the end",
         f"- images: {record['num_images']} of {record['dataset']} (same images, same weights for every runtime), "
-        f"warm-up {s['warmup']} per runtime, order {s['order']}; latency = `predictor([image])` (pre-processing, "
+        f"warm-up {s['warmup']} per runtime, order {s['order']}"
+        + (f" ({s.get('rounds', 1)} rounds, pooled)" if s['order'] == 'blocked' else "") + f"; latency = `predictor([image])` (pre-processing, "
         f"model, mask pasting; decoding excluded); int8 calibrated on {s['calibration_images']} training images",
         "",
         "| runtime | ms p50 | p90 | mean | x vs eager (p50) | bbox AP | segm AP | ΔAP vs eager (bbox / segm) | "

@@ -52,7 +52,7 @@ def test_all_runtimes_side_by_side(trained_model, load_tool, tmp_path):
     out = tmp_path / "bench"
     record = load_tool("benchmark_deploy").main([
         "--config-file", config, "--weights", weights, "--dataset", "shapes_val", "--runtimes", *RUNTIMES,
-        "--threads", "1", "--calibration-images", "2", "--warmup", "1", "--max-images", "3",
+        "--threads", "1", "--calibration-images", "2", "--warmup", "1", "--max-images", "3", "--rounds", "2",
         "--output-dir", str(out), "--no-progress", *map(str, opts)])
     with open(out / "deploy_benchmark.json") as f:
         saved = json.load(f)
@@ -60,7 +60,8 @@ def test_all_runtimes_side_by_side(trained_model, load_tool, tmp_path):
     assert json.loads(json.dumps(record, default=str))["targets"] == saved["targets"]
     for name, e in saved["runtimes"].items():
         lat = e["latency_ms"]
-        assert lat["n"] == 3 and len(lat["per_image"]) == 3 and e["warmup_runs"] == 1, name
+        # 2 blocked rounds over 3 images, each round after its own warm-up image.
+        assert lat["n"] == 6 and len(lat["per_image"]) == 6 and e["warmup_runs"] == 2, name
         assert all(math.isfinite(lat[k]) and lat[k] > 0 for k in ("p50", "p90", "mean")), name
         assert lat["p50"] <= lat["p90"] <= lat["max"] and lat["min"] <= lat["p50"]
         assert {"bbox", "segm"} <= e["ap"].keys() and all(e["ap"][t]["AP"] is not None for t in ("bbox", "segm"))
