@@ -52,7 +52,12 @@ def _register(root, image_size, seed, sizes, generate_now=False):
             MetadataCatalog.remove(name)
         generate = _Generate(root, split, num, image_size, split_seed)
         register_coco_instances_checked(
-            name, {"thing_classes": list(CLASS_NAMES)}, json_file, image_root, before_load=generate
+            name,
+            # Category id = index + 1 (shapes_meta): the mapping is known before the JSON is read, so
+            # predictions can be written with the data set's ids without generating the data first.
+            {"thing_classes": list(CLASS_NAMES),
+             "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CLASS_NAMES))}},
+            json_file, image_root, before_load=generate
         )
         if generate_now:
             generate()

@@ -70,6 +70,9 @@ def test_image_folder_overlays_and_coco_json(load_tool, tiny_model, shapes_image
     assert [(im["id"], im["file_name"]) for im in images["images"]] == [
         (i, str(inp / f"shape_{i}.jpg")) for i in range(3)]
     assert [c["name"] for c in images["categories"]] == ["circle", "triangle", "square", "star"]
+    # The shapes metadata maps its COCO category ids (1..4) before any data is loaded: results.json
+    # carries the data set's ids, evaluable against shapes_val's JSON as is.
+    assert images["category_ids"] == "dataset"
     assert results and all(set(r) == RESULT_KEYS for r in results)
     # Same detections as the predictor gives directly, with masks that decode at the image size.
     predictor = load_predictor(model, config_file=cfg)
@@ -77,7 +80,7 @@ def test_image_folder_overlays_and_coco_json(load_tool, tiny_model, shapes_image
     for i, inst in enumerate(expected):
         mine = [r for r in results if r["image_id"] == i]
         assert len(mine) == len(inst) > 0
-        assert [r["category_id"] for r in mine] == inst.pred_classes.tolist()
+        assert [r["category_id"] for r in mine] == [c + 1 for c in inst.pred_classes.tolist()]
         decoded = np.stack([mask_util.decode(r["segmentation"]) for r in mine]).astype(bool)
         assert decoded.shape == (len(inst), 64, 64) and decoded.any()
         assert np.array_equal(decoded, inst.pred_masks.numpy())
