@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny generated shapes data set and tiny CPU configs."""
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -118,3 +119,21 @@ def load_script():
 def load_tool(load_script):
     """``f("benchmark")`` -> ``tools/benchmark.py`` loaded as a module."""
     return lambda name: load_script(os.path.join("tools", f"{name}.py"))
+
+
+@contextlib.contextmanager
+def _torch_threads(n):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def torch_threads():
+    """``with torch_threads(1): ...``: torch's intra-op threads set to ``n`` inside, restored after.
+    Tiny models gain nothing from two threads, and on a 2-core machine shared with other work
+    OpenMP's spin-waiting made such tests many times slower."""
+    return _torch_threads

@@ -42,14 +42,10 @@ def decisive_random_model(cfg, box_mask_targets, seed=0):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch intra-op thread during each deploy test (restored after): the tiny models gain
-    nothing from two, and on a machine whose two cores are shared OpenMP's spin-waiting made these
-    tests about 10x slower with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(torch_threads):
+    """One torch intra-op thread during each deploy test (see ``torch_threads``)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -37,12 +37,9 @@ def _make_folder(root, per_class=8, size=32, seed=0):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two threads on the shared 2-core test machine are ~100x slower than one for these tiny convs.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(torch_threads):
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
