@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .artifacts import CONFIG_NAME, detect_format
+from .datasets import registered_dataset_dicts
 from .export import EXPORT_FORMATS, INT8_NAME, compare_predictions, export_model, within_tolerance
 from .runtimes import load_predictor
 
@@ -175,20 +176,11 @@ def export_runtimes(cfg, output_dir, runtimes, settings, log=print):
 
 
 def dataset_dicts(cfg, dataset, max_images=None):
-    """The registered data set's dicts (light_rcnn's built-in sets registered from ``cfg`` first),
-    its first ``max_images`` if given. Loading also sets the metadata COCOEvaluator needs: build
-    the evaluators after the last call."""
-    from detectron2.data import DatasetCatalog, MetadataCatalog
+    """The registered data set's dicts (:func:`registered_dataset_dicts`), its first ``max_images``
+    if given, refused unless its metadata names the COCO annotation file COCOEvaluator reads."""
+    from detectron2.data import MetadataCatalog
 
-    from ..data.builtin import register_builtin_datasets
-
-    register_builtin_datasets(cfg)
-    if dataset not in DatasetCatalog.list():
-        known = ", ".join(sorted(DatasetCatalog.list()))
-        raise ValueError(f"data set {dataset!r} is not registered (registered: {known})")
-    dicts = DatasetCatalog.get(dataset)
-    if not dicts:
-        raise ValueError(f"data set {dataset!r} is empty")
+    dicts = registered_dataset_dicts(cfg, dataset)
     if not MetadataCatalog.get(dataset).get("json_file", None):
         raise ValueError(f"data set {dataset!r} has no COCO annotation file (metadata json_file), which "
                          "COCOEvaluator reads; register it with detectron2's register_coco_instances")
@@ -348,11 +340,9 @@ def run_deploy_benchmark(config_file, weights, output_dir, opts=(), settings=Non
     dicts = dataset_dicts(cfg, dataset, settings.max_images)
 
     os.makedirs(output_dir, exist_ok=True)
+    # export_model re-registers the built-in sets; their metadata carries the category-id mapping
+    # COCOEvaluator reads from registration on (light_rcnn.data.builtin), so ``dicts`` stays valid.
     exported = export_runtimes(cfg, output_dir, settings.runtimes, settings, log=log)
-    # Loaded again after the export: export_model re-registers the built-in sets (calibration,
-    # check images), which drops the data set's metadata that loading sets and COCOEvaluator reads
-    # (``thing_dataset_id_to_contiguous_id``; without it every category id is off and AP is 0).
-    dicts = dataset_dicts(cfg, dataset, settings.max_images)
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     records = {}
     for name in settings.runtimes:
