@@ -31,9 +31,9 @@ def _page_faults(mode):
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_freed_buffers_are_reused_without_page_faults():
     default, tuned = _page_faults("default"), _page_faults("tuned")
-    # 10 x 64 MiB fresh mappings fault in ~160,000 pages by default; reused heap memory does not.
-    assert default > 80_000, default
-    assert tuned < default / 10, (tuned, default)
+    # 10 x 64 MiB fresh mappings fault in ~160,000 pages by default (fewer where transparent huge
+    # pages back them, hence no absolute bound); reused heap memory faults in none.
+    assert default >= 10 * max(tuned, 1), (tuned, default)
 
 
 def test_trainer_applies_it_for_cpu_models(monkeypatch):
