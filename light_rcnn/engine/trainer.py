@@ -42,9 +42,14 @@ from .ema import ModelEMAHook
 __all__ = ["Trainer"]
 
 
+def _on_cpu(cfg):
+    """Whether ``cfg`` trains on the CPU."""
+    return torch.device(cfg.MODEL.DEVICE).type == "cpu"
+
+
 def _cpu_processes(cfg):
     """Whether this is one of several processes training a CPU model."""
-    return comm.get_world_size() > 1 and torch.device(cfg.MODEL.DEVICE).type == "cpu"
+    return comm.get_world_size() > 1 and _on_cpu(cfg)
 
 
 class Trainer(DefaultTrainer):
@@ -62,7 +67,7 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        if torch.device(cfg.MODEL.DEVICE).type == "cpu":
+        if _on_cpu(cfg):
             keep_freed_memory_in_heap()
         if _cpu_processes(cfg):
             self._init_cpu_processes(cfg)
