@@ -6,6 +6,7 @@ model's masks with detectron2's ``Visualizer``. Training is seeded by the config
 (as ``default_setup`` does for train_net); :func:`run_demo_seeds` repeats the demo over several
 seeds and reports mean, standard deviation and minimum of each AP.
 """
+import contextlib
 import json
 import logging
 import os
@@ -71,6 +72,24 @@ def format_summary(results, timings, output_dir, png):
     return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _run_log(output_dir):
+    """detectron2's logger printing to stdout and writing ``<output_dir>/log.txt`` for one run only.
+
+    ``setup_logger`` adds a console and a file handler for every new output folder and never
+    removes them, so a second run in the same process (``--seeds 0 1 2``) would print each line
+    twice and keep writing into the first run's log.txt. The handlers this run added go when it
+    ends (the file stream stays with detectron2's cache)."""
+    logger = logging.getLogger("detectron2")
+    before = list(logger.handlers)
+    setup_logger(output=output_dir)
+    try:
+        yield
+    finally:
+        for handler in [h for h in logger.handlers if h not in before]:
+            logger.removeHandler(handler)
+
+
 def run_demo(config_file, output_dir, opts=(), num_images=6):
     """Generate data, train, evaluate, draw; prints and returns ``(results, timings, png)``."""
     t0 = time.perf_counter()
@@ -79,7 +98,13 @@ def run_demo(config_file, output_dir, opts=(), num_images=6):
     check_weights(cfg.MODEL.WEIGHTS)
     cfg.freeze()
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    setup_logger(output=cfg.OUTPUT_DIR)
+    with _run_log(cfg.OUTPUT_DIR):
+        results, timings, png = _train_evaluate_draw(cfg, t0, num_images)
+    print(format_summary(results, timings, cfg.OUTPUT_DIR, png), flush=True)
+    return results, timings, png
+
+
+def _train_evaluate_draw(cfg, t0, num_images):
     # Same seeding as detectron2's default_setup (one process): SEED < 0 draws a random seed.
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
@@ -103,7 +128,6 @@ def run_demo(config_file, output_dir, opts=(), num_images=6):
     timings["draw"] = time.perf_counter() - t2
     timings["total"] = time.perf_counter() - t0
     logging.getLogger("light_rcnn").info("demo finished")
-    print(format_summary(results, timings, cfg.OUTPUT_DIR, png), flush=True)
     return results, timings, png
 
 

@@ -1,6 +1,7 @@
 """light_rcnn.demo (what `make demo` runs), at a tiny size: trains, evaluates, draws, summarizes;
 seeded runs repeat; the multi-seed summary aggregates correctly."""
 import json
+import logging
 import math
 import os
 
@@ -67,8 +68,16 @@ def test_summarize_seeds_mean_std_min():
 
 def test_run_demo_seeds_writes_summary_and_refuses_rerun(demo_opts, tmp_path, capsys):
     out = str(tmp_path / "seeds")
+    d2_handlers = list(logging.getLogger("detectron2").handlers)
     per_seed, summary = run_demo_seeds(DEFAULT_DEMO_CONFIG, out, [0, 1], demo_opts, num_images=1)
     assert set(per_seed) == {0, 1} and all(os.path.isfile(os.path.join(out, f"seed{s}", "model_final.pth")) for s in (0, 1))
+    # Each seed logs into its own log.txt only (the draw step logs loading <seed dir>/model_final.pth),
+    # and no handler is left behind to print every line twice in the next run.
+    logs = {s: open(os.path.join(out, f"seed{s}", "log.txt")).read() for s in (0, 1)}
+    assert os.path.join(out, "seed0", "model_final.pth") in logs[0]
+    assert os.path.join(out, "seed1", "model_final.pth") in logs[1]
+    assert os.path.join(out, "seed1") not in logs[0] and os.path.join(out, "seed0") not in logs[1]
+    assert logging.getLogger("detectron2").handlers == d2_handlers
     with open(os.path.join(out, "seeds_summary.json")) as f:
         written = json.load(f)
     assert written["summary"]["segm"]["AP"]["n"] == summary["segm"]["AP"]["n"]
