@@ -79,10 +79,12 @@ def _run_log(output_dir):
     ``setup_logger`` adds a console and a file handler for every new output folder and never
     removes them, so a second run in the same process (``--seeds 0 1 2``) would print each line
     twice and keep writing into the first run's log.txt. The handlers this run added go when it
-    ends (the file stream stays with detectron2's cache)."""
+    ends (the file stream stays with detectron2's cache). ``setup_logger`` is called past its
+    ``lru_cache`` (``__wrapped__``): that cache only guards against adding handlers twice, which
+    this removal already does, and it would leave a second run into the same folder unlogged."""
     logger = logging.getLogger("detectron2")
     before = list(logger.handlers)
-    setup_logger(output=output_dir)
+    setup_logger.__wrapped__(output=output_dir)
     try:
         yield
     finally:

@@ -9,7 +9,7 @@ import cv2
 import pytest
 import torch
 
-from light_rcnn.demo import DEFAULT_DEMO_CONFIG, format_summary, run_demo, run_demo_seeds, summarize_seeds
+from light_rcnn.demo import DEFAULT_DEMO_CONFIG, _run_log, format_summary, run_demo, run_demo_seeds, summarize_seeds
 
 
 @pytest.fixture
@@ -64,6 +64,18 @@ def test_summarize_seeds_mean_std_min():
     assert s["segm"]["AP"]["min"] == 20.0 and s["segm"]["AP"]["max"] == 26.0
     assert s["segm"]["AP"]["std"] == pytest.approx(3.0)
     assert s["segm"]["AP50"]["n"] == 2 and s["segm"]["AP50"]["mean"] == pytest.approx(52.0)  # NaN left out
+
+
+def test_run_log_logs_every_run_into_its_folder_and_removes_its_handlers(tmp_path):
+    logger = logging.getLogger("detectron2.test_demo")
+    handlers = list(logging.getLogger("detectron2").handlers)
+    for message in ("first run", "second run"):  # the same folder twice in one process
+        with _run_log(str(tmp_path)):
+            logger.info(message)
+        assert logging.getLogger("detectron2").handlers == handlers
+    logger.info("after both runs")
+    logged = open(tmp_path / "log.txt").read()
+    assert "first run" in logged and "second run" in logged and "after both runs" not in logged
 
 
 def test_run_demo_seeds_writes_summary_and_refuses_rerun(demo_opts, tmp_path, capsys):
