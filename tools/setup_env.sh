@@ -57,19 +57,20 @@ else
     3.10) ;;
     *) echo "setup: $PY has no detectron2 and is not Python 3.10; sal-detectron2 needs 3.10" >&2; exit 1;;
   esac
-  # The pinned torch is PyPI's CUDA build: the venv ends at ~6 GB and the install needs ~7 GB
-  # at its peak (measured: 7.05 GB, pip's unpacked wheels beside the venv). Check first, so a full disk is named here rather than as pip's OSError
-  # half-way through (LIGHT_RCNN_SETUP_MIN_FREE_GIB=0 skips the check). A venv that already has
-  # torch (a re-run after a pin change) is not checked: pip then adds little.
+  # The pinned torch is PyPI's CUDA build: the venv ends at ~5.9 GiB and the install needs more at
+  # its peak, pip's unpacked wheels beside the venv (measured: free space fell by 6.7 GiB). Check
+  # first, so a full disk is named here rather than as pip's OSError half-way through
+  # (LIGHT_RCNN_SETUP_MIN_FREE_GIB=0 skips the check). A venv that already has torch (a re-run
+  # after a pin change) is not checked: pip then adds little.
   need=${LIGHT_RCNN_SETUP_MIN_FREE_GIB:-8}
   "$VENV/bin/python" -c "import torch" >/dev/null 2>&1 && need=0
   for dir in "$(dirname "$VENV")" "${TMPDIR:-/tmp}"; do
-    free=$(df -Pk "$dir" | awk 'NR == 2 {print int($4 / 1048576)}')
-    if [ "$free" -lt "$need" ]; then
+    free=$({ df -Pk "$dir" 2>/dev/null || true; } | awk 'NR == 2 {print int($4 / 1048576)}')
+    if [ -n "$free" ] && [ "$free" -lt "$need" ]; then
       echo "setup: only $free GiB free on the file system of '$dir'; installing torch, detectron2 and" \
-           "the rest into $VENV needs about $need GiB (the venv ends at ~6 GB; pip's unpacked wheels come on top)." \
-           "Free space there (or point TMPDIR / VENV elsewhere), or set LIGHT_RCNN_SETUP_MIN_FREE_GIB=0" \
-           "to try anyway." >&2
+           "the rest into $VENV needs about $need GiB (the venv ends at ~6 GiB; pip's unpacked wheels" \
+           "come on top). Free space there (or point TMPDIR / VENV elsewhere), or set" \
+           "LIGHT_RCNN_SETUP_MIN_FREE_GIB=0 to try anyway." >&2
       exit 1
     fi
   done
