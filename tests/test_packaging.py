@@ -1,5 +1,5 @@
 """The package works outside a git checkout: a wheel carries the configs, and ``light_rcnn://``
-names resolve from any directory (issue: "the library assumes a git checkout")."""
+names resolve from any directory: the library never assumes a git checkout."""
 import os
 import subprocess
 import sys

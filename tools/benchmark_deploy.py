@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Export one trained model to every runtime and measure them side by side on the same images with
 the same weights: latency p50/p90 per image, COCO bbox/segm AP, box differences to eager, file
-size, and the issue's targets met / missed (issue 12, item 4; light_rcnn/deploy/benchmark.py).
+size, and the deploy benchmark's targets met / missed (light_rcnn/deploy/benchmark.py,
+light_rcnn/deploy/benchmark_report.py).
 
     python tools/benchmark_deploy.py \\
         --config-file light_rcnn://shapes/light_mask_rcnn_framework1_shapes.yaml \\

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Export a trained light_rcnn / detectron2 model to TorchScript or ONNX (optionally int8), with
-boxes, classes, scores and masks, and check it against eager (issue 12; light_rcnn/deploy/export.py).
+boxes, classes, scores and masks, and check it against eager (light_rcnn/deploy/export.py).
 
 Writes to --output: ``model.ts`` or ``model.onnx`` (+ ``model_int8.onnx`` with --int8) and the
 ``config.yaml`` that ``light_rcnn.deploy.load_predictor`` / tools/predict.py read beside the model.

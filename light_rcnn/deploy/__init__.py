@@ -1,4 +1,4 @@
-"""Deployment (issue 12): export to TorchScript / ONNX with masks (:mod:`.export`), ONNX Runtime and
+"""Deployment: export to TorchScript / ONNX with masks (:mod:`.export`), ONNX Runtime and
 int8 static quantization on the CPU (:mod:`.runtimes`, :mod:`.quantize`), and one predictor for an
 eager checkpoint, a TorchScript file or an ONNX model (:func:`load_predictor`).
 

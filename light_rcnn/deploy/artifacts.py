@@ -1,5 +1,5 @@
-"""What a model file is (eager checkpoint, TorchScript, ONNX) and which config goes with it
-(issue 12, items 1 and 3).
+"""What a model file is (eager checkpoint, TorchScript, ONNX) and which config goes with it,
+for :func:`load_predictor` and ``tools/predict.py``.
 
 A format is recognised from the file's content, not only its extension (``.pt`` is used for both
 checkpoints and TorchScript): a zip archive holding ``code/`` is TorchScript, another zip archive or

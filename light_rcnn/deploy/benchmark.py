@@ -1,13 +1,13 @@
-"""Parity and speed of every runtime side by side (issue 12, item 4; ``tools/benchmark_deploy.py``).
+"""Parity and speed of every runtime side by side (``tools/benchmark_deploy.py``).
 
 One config and one eager checkpoint are exported to each runtime (:func:`export_model`), then every
 runtime runs the same images of a registered data set through the same interface
 (:func:`load_predictor`): eager fp32, TorchScript (traced), ONNX Runtime fp32 and ONNX Runtime
 int8 (static QDQ, calibrated on training images). Per runtime: latency per image, COCO bbox/segm AP
 through detectron2's ``COCOEvaluator``, the largest box difference to eager on matched
-detections, the artifact's size; the issue's targets are judged in :mod:`.benchmark_report`.
+detections, the artifact's size; the deploy benchmark's targets are judged in :mod:`.benchmark_report`.
 
-Protocol (choices where the issue is silent):
+Protocol (the choices this benchmark makes):
 
 * a latency is what a stopwatch around ``predictor([image])`` sees: pre-processing (resize),
   the model, post-processing (box scaling, mask pasting at image size); decoding the image file is
@@ -18,7 +18,7 @@ Protocol (choices where the issue is silent):
   image, the order rotating by one per image (A B C D, B C D A, ...). Interleaving spreads drifts
   of a shared machine over every runtime, but it also makes torch's and ONNX Runtime's thread pools
   wake each other up image after image, which slowed eager and TorchScript (not ONNX Runtime) by
-  30-50 % on the 2-core development machine (README "Deploy"), so it is not the default;
+  30-50 % on the 2-core development machine (RESULTS.md "Deploy"), so it is not the default;
 * warm-up: the first ``warmup`` images run once through every runtime, untimed and not evaluated;
   then every image is timed and evaluated (so AP covers the whole set);
 * threads: ``torch.set_num_threads(threads)`` for the process (eager, TorchScript, and the

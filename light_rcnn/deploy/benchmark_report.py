@@ -1,7 +1,9 @@
-"""Reports of the deploy benchmark (issue 12, item 4): speed-ups and AP differences against eager,
-the issue's targets judged met / missed, ``deploy_benchmark.json`` and ``deploy_benchmark.md``.
+"""Reports of the deploy benchmark (``tools/benchmark_deploy.py``): speed-ups and AP differences
+against eager, the benchmark's targets judged met / missed, ``deploy_benchmark.json`` and
+``deploy_benchmark.md``.
 
-Targets (:data:`TARGETS`; "within" is an absolute difference, a gain counts like a loss):
+Targets (:data:`DEFAULT_TARGETS`, a :class:`DeployTargets`; "within" is an absolute difference, a
+gain counts like a loss):
 
 * TorchScript and ONNX Runtime fp32 within 0.2 AP of eager, for bbox AP and (mask models) segm AP;
 * ONNX Runtime int8 within 1.5 segm AP of eager (bbox AP for a model without masks);
@@ -10,21 +12,37 @@ Targets (:data:`TARGETS`; "within" is an absolute difference, a gain counts like
 A target whose runtime was not measured is recorded with ``met: None`` ("not measured"); a
 non-finite AP (a runtime without any detection) misses.
 """
+import dataclasses
 import json
 import math
 import os
 from typing import Dict, List
 
-__all__ = ["TARGETS", "deploy_record", "judge_targets", "markdown_report", "write_reports"]
+__all__ = ["DEFAULT_TARGETS", "DeployTargets", "TARGETS", "deploy_record", "judge_targets", "markdown_report",
+           "write_reports"]
 
-TARGETS = {
+
+@dataclasses.dataclass(frozen=True)
+class DeployTargets:
+    """What the deploy benchmark expects of the exported runtimes, against eager fp32."""
+
     # largest |AP - eager AP| (bbox, segm) of TorchScript and of ONNX Runtime fp32, in AP points
-    "fp32_ap_delta": 0.2,
-    # |segm AP - eager segm AP| of ONNX Runtime int8, in AP points
-    "int8_segm_ap_delta": 1.5,
-    # eager p50 / best exported runtime's p50
-    "speedup": 1.5,
-}
+    max_fp32_ap_delta: float = 0.2
+    # |segm AP - eager segm AP| of ONNX Runtime int8 (bbox AP for a model without masks), in AP points
+    max_int8_ap_delta: float = 1.5
+    # smallest eager p50 / best exported runtime's p50
+    min_speedup: float = 1.5
+
+    def thresholds(self) -> Dict[str, float]:
+        """The thresholds under the keys of ``deploy_benchmark.json``'s ``target_thresholds``."""
+        return {"fp32_ap_delta": self.max_fp32_ap_delta, "int8_segm_ap_delta": self.max_int8_ap_delta,
+                "speedup": self.min_speedup}
+
+
+DEFAULT_TARGETS = DeployTargets()
+# The same thresholds as a dict, keyed as in ``deploy_benchmark.json`` (``target_thresholds``).
+TARGETS = DEFAULT_TARGETS.thresholds()
+TARGETS_TITLE = "Targets (deploy benchmark defaults):"
 SCHEMA_VERSION = 1
 
 
@@ -52,11 +70,11 @@ def _target(name, runtime, measured, threshold, met, detail):
 
 
 def judge_targets(runtimes) -> List[Dict[str, object]]:
-    """The issue's targets against ``runtimes`` (per-runtime entries with ``ap_delta_vs_eager`` and
-    ``speedup_vs_eager``). Each: ``target``, ``runtime``, ``measured``, ``threshold``, ``met``
-    (True / False / None = not measured), ``detail``."""
+    """The deploy benchmark's targets (:data:`DEFAULT_TARGETS`) against ``runtimes`` (per-runtime
+    entries with ``ap_delta_vs_eager`` and ``speedup_vs_eager``). Each: ``target``, ``runtime``,
+    ``measured``, ``threshold``, ``met`` (True / False / None = not measured), ``detail``."""
     out = []
-    fp32_limit = TARGETS["fp32_ap_delta"]
+    fp32_limit = DEFAULT_TARGETS.max_fp32_ap_delta
     for name, label in (("torchscript", "TorchScript"), ("onnx", "ONNX Runtime fp32")):
         what = f"{label} within {fp32_limit} AP of eager (bbox and segm)"
         if name not in runtimes:
@@ -69,7 +87,7 @@ def judge_targets(runtimes) -> List[Dict[str, object]]:
             continue
         worst = max(abs(d) for d in deltas.values())
         out.append(_target(what, name, worst, fp32_limit, worst <= fp32_limit, detail))
-    int8_limit = TARGETS["int8_segm_ap_delta"]
+    int8_limit = DEFAULT_TARGETS.max_int8_ap_delta
     task = "segm" if "segm" in runtimes["eager"].get("ap", {}) else "bbox"
     what = f"ONNX Runtime int8 within {int8_limit} {task} AP of eager"
     if "onnx-int8" not in runtimes:
@@ -78,7 +96,7 @@ def judge_targets(runtimes) -> List[Dict[str, object]]:
         d = runtimes["onnx-int8"]["ap_delta_vs_eager"].get(task)
         met = d is not None and abs(d) <= int8_limit
         out.append(_target(what, "onnx-int8", d, int8_limit, met, f"{task} {_signed(d)}"))
-    limit = TARGETS["speedup"]
+    limit = DEFAULT_TARGETS.min_speedup
     what = f"best CPU runtime at least {limit}x lower latency (p50) than eager fp32"
     others = {n: e["speedup_vs_eager"]["p50"] for n, e in runtimes.items() if n != "eager"}
     if not others:
@@ -116,7 +134,7 @@ def deploy_record(runtimes, *, cfg, config_file, weights, opts, dataset, num_ima
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.items()},
         "runtimes": runtimes,
         "targets": judge_targets(runtimes),
-        "target_thresholds": dict(TARGETS),
+        "target_thresholds": DEFAULT_TARGETS.thresholds(),
         "environment": env,
     }
 
@@ -163,7 +181,7 @@ def markdown_report(record) -> str:
             f"| {name} ({e['precision']}) | {_f(lat['p50'])} | {_f(lat['p90'])} | {_f(lat['mean'])} | "
             f"{_x(e['speedup_vs_eager']['p50'])} | {_f(_ap_value(e, 'bbox'), 2)} | {_f(_ap_value(e, 'segm'), 2)} | "
             f"{_signed(d.get('bbox'))} / {_signed(d.get('segm'))} | {box} | {size} |")
-    lines += ["", "Targets (issue 12):", ""]
+    lines += ["", TARGETS_TITLE, ""]
     for t in record["targets"]:
         verdict = {True: "met", False: "**MISSED**", None: "not measured"}[t["met"]]
         measured = "" if t["measured"] is None else f": {t['measured']:.2f} (threshold {t['threshold']})"

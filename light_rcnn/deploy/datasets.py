@@ -1,5 +1,5 @@
 """Images and dicts of a registered data set for the export-time check, int8 calibration and the
-deploy benchmark (issue 12)."""
+deploy benchmark."""
 import numpy as np
 
 __all__ = ["load_dataset_images", "registered_dataset_dicts"]

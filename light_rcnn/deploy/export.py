@@ -1,5 +1,5 @@
 """Export a trained model to TorchScript or ONNX with boxes, classes, scores and masks, checked
-against eager at export time (issue 12, item 1).
+against eager at export time (``tools/export_model.py``).
 
 As detectron2's ``tools/deploy/export_model.py --export-method tracing``: the model is wrapped in
 ``detectron2.export.TracingAdapter`` around ``model.inference(..., do_postprocess=False)`` and

@@ -1,4 +1,5 @@
-"""int8 post-training static quantization of an exported ONNX model for the CPU (issue 12, item 2).
+"""int8 post-training static quantization of an exported ONNX model for the CPU
+(``tools/export_model.py --int8``).
 
 ONNX Runtime's ``quantize_static`` in QDQ format, calibrated on training images. Choices:
 

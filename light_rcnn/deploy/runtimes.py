@@ -1,5 +1,6 @@
-"""One predictor for every artifact (issue 12, items 2 and 3): an eager checkpoint, a TorchScript
-file or an ONNX model (fp32 or int8) behind the same call, returning detectron2 ``Instances``.
+"""One predictor for every artifact (:func:`load_predictor`, used by ``tools/predict.py``): an
+eager checkpoint, a TorchScript file or an ONNX model (fp32 or int8) behind the same call,
+returning detectron2 ``Instances``.
 
 Pre-processing is detectron2's ``DefaultPredictor``'s (BGR -> RGB when ``INPUT.FORMAT`` is RGB,
 ``ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)``, float32 CHW); post-processing is
@@ -235,7 +236,7 @@ def onnx_session(model_path, threads=None):
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # No spin-waiting between runs: the predictor's pre/post-processing (resize, mask pasting) runs
     # in torch, whose thread pool would otherwise compete for the same cores with idle-spinning
-    # ONNX Runtime threads (README "Deploy").
+    # ONNX Runtime threads (RESULTS.md "Deploy").
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])

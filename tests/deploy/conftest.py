@@ -1,4 +1,4 @@
-"""Fixtures of the deploy tests (issue 12): tiny shapes models with weights that give distinct
+"""Fixtures of the deploy tests: tiny shapes models with weights that give distinct
 scores and decisive masks, their checkpoints and exported artifacts, cached for the session."""
 import os
 

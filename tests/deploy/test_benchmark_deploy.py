@@ -1,4 +1,4 @@
-"""The deploy benchmark (issue 12, item 4): every runtime exported from one checkpoint and measured on
+"""The deploy benchmark (tools/benchmark_deploy.py): every runtime exported from one checkpoint and measured on
 the same images (latency, COCO AP through detectron2's COCOEvaluator, box differences to eager,
 file sizes), targets judged, nothing overwritten, clear errors."""
 import json
@@ -188,6 +188,15 @@ def test_targets_are_judged_at_their_thresholds():
                               "load_average_1_5_15": {"start": [1.0, 1.0, 1.0], "end": [2.0, 2.0, 2.0]}}}
     md = markdown_report(record)
     assert md.count("**MISSED**") == 2 and "not measured: TorchScript" in md and "| 1.43x |" in md
+    assert "\nTargets (deploy benchmark defaults):\n" in md
+
+
+def test_default_targets_are_named_and_recorded_under_their_json_keys():
+    from light_rcnn.deploy.benchmark_report import DEFAULT_TARGETS, TARGETS
+
+    assert (DEFAULT_TARGETS.max_fp32_ap_delta, DEFAULT_TARGETS.max_int8_ap_delta, DEFAULT_TARGETS.min_speedup) == (
+        0.2, 1.5, 1.5)
+    assert DEFAULT_TARGETS.thresholds() == TARGETS == {"fp32_ap_delta": 0.2, "int8_segm_ap_delta": 1.5, "speedup": 1.5}
 
 
 

@@ -1,4 +1,4 @@
-"""Export (issue 12, item 1): TorchScript and ONNX artifacts of tiny shapes models give eager's
+"""Export (tools/export_model.py): TorchScript and ONNX artifacts of tiny shapes models give eager's
 boxes, classes, scores and pasted masks through load_predictor; ONNX has dynamic height/width and
 survives zero detections; the light heads script; bad requests fail before anything is written."""
 import os

@@ -1,4 +1,4 @@
-"""int8 static quantization (issue 12, item 2): calibrated on training images through the test-time
+"""int8 static quantization (tools/export_model.py --int8): calibrated on training images through the test-time
 resize, QDQ around the convs only (RoiAlign, NMS and box arithmetic stay float), smaller, and runs
 end to end through load_predictor with finite outputs."""
 import os

@@ -1,4 +1,4 @@
-"""Runtimes and load_predictor (issue 12, items 2 and 3): formats recognised by content, strict
+"""Runtimes and load_predictor (one predictor for every artifact): formats recognised by content, strict
 checkpoints, DefaultPredictor's pre-processing, batches, ONNX Runtime threads, clear errors."""
 import os
 import pickle

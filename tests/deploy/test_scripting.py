@@ -1,4 +1,4 @@
-"""Scripting (issue 12, item 1: "the heads are scriptable too"): detectron2's scripting export
+"""Scripting (the light heads are scriptable too): detectron2's scripting export
 (``scripting_with_instances``, as ``tools/deploy/export_model.py --export-method scripting``) compiles
 one config of each distinct architecture, and the scripted model's ``inference`` gives eager's
 boxes, classes, scores and mask probabilities; the mobile backbones (classifier form included) and
