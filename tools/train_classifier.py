@@ -53,6 +53,9 @@ def argument_parser():
     p.add_argument("--min-crop-scale", type=float, default=None,
                    help="lower area bound of RandomResizedCrop")
     p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--precise-bn-batches", type=int, default=200,
+                   help="training batches on which BN statistics are re-estimated before each "
+                        "evaluation and save (0: keep the running averages)")
     p.add_argument("--output", required=True, help="checkpoint path (.pth)")
     p.add_argument("--resume", action="store_true",
                    help="continue from --output if it exists (without it an existing --output "
@@ -89,6 +92,7 @@ def worker(args, schedule):
         width_mult=args.width_mult, caltech_split=args.caltech_split, split_seed=args.split_seed,
         image_size=args.image_size, resume=args.resume, device=args.device,
         num_workers=args.num_workers, seed=args.seed, log_period=args.log_period, opts=args.opts,
+        precise_bn_batches=args.precise_bn_batches,
     )
     if comm.is_main_process():
         top1 = result["top1"]

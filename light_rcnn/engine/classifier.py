@@ -20,6 +20,15 @@ preset):
   250, 280. The paper states neither optimizer nor weight decay: SGD momentum 0.9 and weight
   decay 4e-5 (MobileNetV2's) are our choices; crop scale (0.08, 1).
 
+BatchNorm statistics: before every evaluation (so the reported top-1 and the saved checkpoint hold
+the same statistics) the running BN statistics are re-estimated on ``precise_bn_batches`` training
+batches at the final weights (fvcore's ``update_bn_stats``, detectron2's ``TEST.PRECISE_BN``).
+The running averages kept during training lag behind weights that move fast; with small batches
+of a small data set the eval-mode network then disagrees with the train-mode one (measured: a
+3-colour toy set learned to loss ~0 in train mode gave chance top-1 in eval mode for 2 of 5 seeds
+on an Intel Xeon, 5 of 5 correct after re-estimation). ``precise_bn_batches=0`` keeps the running
+averages. Each process re-estimates on its own shard; rank 0's statistics are saved.
+
 Batch size is the total over all processes. When the epochs are changed and the milestones are
 not given, the preset's milestones are scaled by ``epochs / preset_epochs``.
 
@@ -48,6 +57,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -201,6 +212,19 @@ def evaluate(model, val_set, batch_size, num_workers, device) -> Optional[float]
     return 100.0 * counts[0].item() / max(counts[1].item(), 1.0)
 
 
+def _recompute_bn_stats(model, loader, max_batches, device):
+    """Re-estimate the BN running statistics of ``model`` on up to ``max_batches`` batches of
+    ``loader`` (train-time augmentation, as the statistics were meant to describe)."""
+    was_training = model.training
+    model.train()  # get_bn_modules finds BN layers in training mode only
+    if not get_bn_modules(model):
+        model.train(was_training)
+        return
+    num = min(int(max_batches), len(loader))
+    update_bn_stats(model, (images.to(device, non_blocking=True) for images, _ in loader), num_iters=num)
+    model.train(was_training)
+
+
 def _device(name: Optional[str]) -> torch.device:
     device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
@@ -225,6 +249,7 @@ def train_classifier(
     seed: int = 0,
     log_period: int = 20,
     opts: Sequence = (),
+    precise_bn_batches: int = 200,
 ) -> Dict:
     """Train a classifier; runs in every process of a ``launch()``-ed job. Rank 0 writes
     ``output`` after every epoch.
@@ -244,12 +269,16 @@ def train_classifier(
         seed: seed of this job (process ``r`` uses ``seed + r``).
         log_period: iterations between log lines (0: none).
         opts: extra backbone ``KEY VALUE`` config pairs, e.g. ``MODEL.MOBILENET.DILATION_RATES``.
+        precise_bn_batches: training batches (at most one epoch's) on which the BN statistics are
+            re-estimated before each evaluation and save; 0 keeps the running averages.
     Returns:
         dict with "losses" (this process's per-iteration training losses), "top1" (last
         validation top-1 in % or None), "epoch" (completed epochs), "output" (checkpoint path).
     """
     if schedule is None:
         schedule = resolve_schedule(caltech=bool(caltech_split))
+    if precise_bn_batches < 0:
+        raise ValueError(f"precise_bn_batches must be >= 0, got {precise_bn_batches}")
     if os.path.exists(output) and not resume:
         raise FileExistsError(f"Checkpoint '{output}' already exists; pass --resume to "
                               f"continue it or choose another --output")
@@ -323,6 +352,8 @@ def train_classifier(
                 logger.info(f"epoch {epoch + 1}/{schedule.epochs} iter {it}/{len(loader)} "
                             f"loss {loss.item():.4f} lr {optimizer.param_groups[0]['lr']:.5g}")
         scheduler.step()
+        if precise_bn_batches:
+            _recompute_bn_stats(model, loader, precise_bn_batches, device)
         top1 = evaluate(model, val_set, per_process_batch, num_workers, device)
         logger.info(f"epoch {epoch + 1} done in {time.perf_counter() - start:.1f}s"
                     + (f", val top-1 {top1:.2f}%" if top1 is not None else ""))
