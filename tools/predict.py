@@ -16,9 +16,24 @@ video; write overlays (PNG per image, MP4 for a video) and a COCO results JSON (
 Writes ``<output>/<name>.png`` per image (or ``<output>/<video name>.mp4``), ``results.json``
 (``image_id`` = index in input order / frame number) and ``images.json`` (``image_id`` -> file,
 categories); refuses to overwrite any of them. See :mod:`light_rcnn.deploy.outputs`.
+
+Unreadable inputs (an image file that does not decode, e.g. truncated or a text file named .jpg;
+a video frame that fails while the video's frame count says more follow) are skipped: a warning
+names each file (and frame) with the reason, ``images.json["skipped"]`` lists them (``id``,
+``file``, ``reason``), the summary counts them, and everything else is written as usual. The
+other inputs keep ``image_id`` = index in input order (a skipped image leaves a gap), so ids stay
+the same whichever files could be read. Files in a folder without an image extension are not
+inputs at all and are ignored, as before. ``--strict`` stops at the first unreadable input with
+an error naming it instead (no JSON written then).
+
+Exit status: 0 when every input was predicted; 3 when some were skipped (all outputs of the
+others written); 2 for a bad command line; 1 for other errors (missing input, an existing output
+file, ``--strict`` and an unreadable input, ...).
 """
 import argparse
+import math
 import os
+import sys
 
 import torch
 
@@ -39,6 +54,23 @@ def positive_int(text):
     return value
 
 
+# Exit status when some inputs were skipped as unreadable and the rest were written.
+EXIT_SKIPPED = 3
+# Skipped inputs listed one by one at the end of a run (all are in images.json).
+MAX_LISTED_SKIPS = 20
+
+
+def probability(text):
+    """A float in [0, 1] (NaN refused), for ``--confidence-threshold``."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:  # also False for NaN
+        raise argparse.ArgumentTypeError(f"'{text}': expected a number in [0, 1]")
+    return value
+
+
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="eager checkpoint (.pth), TorchScript (.ts/.pt) or ONNX (.onnx)")
@@ -49,14 +81,29 @@ def get_parser():
     p.add_argument("--batch-size", type=positive_int, default=1, help="frames per predictor call")
     p.add_argument("--threads", type=positive_int, help="CPU threads (torch.set_num_threads; ONNX Runtime intra-op)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: eager checkpoints only")
-    p.add_argument("--confidence-threshold", type=float, default=0.5,
-                   help="drop detections scoring lower, from the overlays and the JSON (0 keeps all, e.g. for AP)")
+    p.add_argument("--confidence-threshold", type=probability, default=0.5,
+                   help="drop detections scoring lower, from the overlays and the JSON; in [0, 1] "
+                   "(0 keeps all, e.g. for AP)")
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image or video frame with an error naming it "
+                   f"(default: skip it with a warning, list it in images.json, exit status {EXIT_SKIPPED})")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
 
 def main(argv=None):
+    """Run the tool on ``argv`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        dict: the written paths, ``"frames"`` (predicted) and ``"skipped"`` (empty), when every
+        input was predicted.
+
+    Raises:
+        SystemExit: with :data:`EXIT_SKIPPED` after writing every output when some inputs were
+            skipped as unreadable (``images.json["skipped"]`` lists them); with 2 for a bad
+            command line (argparse).
+    """
     args = get_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,12 +117,26 @@ def main(argv=None):
     written = predict_to_folder(
         predictor, source, args.output, metadata_from_cfg(predictor.cfg), batch_size=args.batch_size,
         confidence_threshold=args.confidence_threshold, progress=not args.no_progress,
+        skip_unreadable=not args.strict,
     )
     overlays = written["overlays"]
-    what = overlays[0] if source.kind == "video" else f"{len(overlays)} PNG file(s) in {os.path.abspath(args.output)}"
-    print(f"{written['frames']} frame(s) predicted with {args.model}")
+    skipped = written["skipped"]
+    # No overlay is written for a skipped image: one PNG per predicted frame.
+    if source.kind == "video":
+        what = overlays[0]
+    else:
+        what = f"{written['frames']} PNG file(s) in {os.path.abspath(args.output)}"
+    print(f"{written['frames']} frame(s) predicted, {len(skipped)} skipped (unreadable); model: {args.model}")
     print(f"overlays: {what}")
     print(f"results:  {os.path.abspath(written['results'])} (COCO results, image ids in {written['images']})")
+    if skipped:
+        for entry in skipped[:MAX_LISTED_SKIPS]:
+            frame = f" frame {entry['frame_index']}" if "frame_index" in entry else ""
+            print(f"warning: skipped {entry['file']}{frame}: {entry['reason']}", file=sys.stderr)
+        more = f" ({len(skipped) - MAX_LISTED_SKIPS} more not shown)" if len(skipped) > MAX_LISTED_SKIPS else ""
+        print(f"warning: {len(skipped)} unreadable input(s) skipped{more}, listed with their reasons in "
+              f"{written['images']}; exit status {EXIT_SKIPPED}", file=sys.stderr)
+        raise SystemExit(EXIT_SKIPPED)
     return written
 
 

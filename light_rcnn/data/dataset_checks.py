@@ -177,18 +177,31 @@ def register_coco_sets(specs):
     Registering a name again with the same files is a no-op (every launched process and every
     in-process run registers its sets); a name already registered otherwise (a detectron2 or
     light_rcnn built-in, or other files) raises ``ValueError`` naming it.
+
+    The annotation file and the image directory must exist when registering (not only when the
+    set is loaded, which a run that never uses the set would not do): a missing one raises
+    ``FileNotFoundError`` naming the set and the path. Every spec is checked before any is
+    registered, so a bad one leaves the catalog as it was.
     """
+    specs = [(name, os.fspath(json_file), os.fspath(image_root)) for name, json_file, image_root in specs]
+    todo = {}  # name -> (json_file, image_root) to register, once every spec is checked
     for name, json_file, image_root in specs:
-        json_file, image_root = os.fspath(json_file), os.fspath(image_root)
-        if name in DatasetCatalog:
-            meta = MetadataCatalog.get(name)
-            if (meta.get("json_file"), meta.get("image_root")) == (json_file, image_root):
+        if name in todo or name in DatasetCatalog:
+            if name in todo:
+                registered = todo[name]
+            else:
+                meta = MetadataCatalog.get(name)
+                registered = (meta.get("json_file"), meta.get("image_root"))
+            if registered == (json_file, image_root):
                 continue
             raise ValueError(
                 f"Data set name '{name}' is already registered (json_file "
-                f"{meta.get('json_file')!r}, image_root {meta.get('image_root')!r}); "
+                f"{registered[0]!r}, image_root {registered[1]!r}); "
                 f"choose another name for the set in '{json_file}'."
             )
+        _check_paths(json_file, image_root, name)
+        todo[name] = (json_file, image_root)
+    for name, (json_file, image_root) in todo.items():
         register_coco_instances_checked(name, {}, json_file, image_root)
 
 

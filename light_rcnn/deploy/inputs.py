@@ -1,10 +1,15 @@
-"""Inputs of ``tools/predict.py`` (issue 12, item 3): an image, a folder, a glob or a video as a
+"""Inputs of ``tools/predict.py``: an image, a folder, a glob or a video as a
 stream of BGR frames.
 
 Images are read with detectron2's ``read_image`` (PIL: EXIF orientation applied, grayscale and
 palette images converted; a truncated file is an error, not a half-grey picture); videos with
 OpenCV's ``cv2.VideoCapture``. What counts as an image or a video is decided by the file
-extension (:data:`IMAGE_EXTENSIONS`, :data:`VIDEO_EXTENSIONS`).
+extension (:data:`IMAGE_EXTENSIONS`, :data:`VIDEO_EXTENSIONS`); a file with an image extension
+that is not a decodable image (truncated, or not an image at all) is *unreadable*.
+
+Iterating a source (``for frame in source``) raises ``ValueError`` at the first unreadable input,
+naming it. ``source.frames(skip_unreadable=True)`` instead yields an :class:`Unreadable` record in
+its place (file, index, reason) and goes on; ``tools/predict.py`` skips and reports those.
 """
 import glob
 import os
@@ -20,6 +25,8 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "Frame",
     "ImageSource",
+    "Unreadable",
+    "UnreadableImageError",
     "VideoSource",
     "batched",
     "open_input",
@@ -32,6 +39,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 # Frame rate used when a video does not report one (cv2 gives 0 for some containers).
 DEFAULT_FPS = 30.0
+# Failed reads in a row after which a video counts as ended, even if its frame count says more.
+MAX_CONSECUTIVE_FAILED_READS = 100
 
 
 @dataclass
@@ -53,6 +62,34 @@ class Frame:
     name: str
 
 
+@dataclass
+class Unreadable:
+    """An input frame that could not be read, in place of its :class:`Frame`.
+
+    Attributes:
+        index (int): position it has in the input (the ``image_id`` it would have had; for a
+            video, the frame number).
+        path (str): the image file, or the video file.
+        name (str): as :attr:`Frame.name`.
+        reason (str): why it could not be read (the decoder's message).
+    """
+
+    index: int
+    path: str
+    name: str
+    reason: str
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded; ``path`` and ``reason`` as attributes, both in the
+    message (``cannot read image PATH: REASON``)."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 def _ext(path):
     return os.path.splitext(path)[1].lower()
 
@@ -62,16 +99,17 @@ def read_bgr_image(path):
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a decodable image (garbage or truncated bytes), naming it.
+        UnreadableImageError: (a ``ValueError``) the file is not a decodable image (garbage or
+            truncated bytes), naming it and the reason.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         image = read_image(path, format="BGR")
     except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError is an OSError
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise UnreadableImageError(path, str(e) or type(e).__name__) from e
     if image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
-        raise ValueError(f"cannot read image {path}: decoded to shape {image.shape}, expected H x W x 3")
+        raise UnreadableImageError(path, f"decoded to shape {image.shape}, expected H x W x 3")
     return np.ascontiguousarray(image)
 
 
@@ -103,8 +141,34 @@ class ImageSource:
         return len(self.paths)
 
     def __iter__(self):
+        """Yield every image as a :class:`Frame`; raise at the first unreadable one (naming it)."""
+        return self.frames()
+
+    def frames(self, skip_unreadable=False):
+        """Yield a :class:`Frame` per image, in order (``index`` = position in :attr:`paths`).
+
+        Args:
+            skip_unreadable (bool): yield an :class:`Unreadable` in place of an image that cannot
+                be read (not decodable, or gone since the folder was listed) and go on; the
+                other frames keep their indices. False: raise its error instead.
+
+        Raises:
+            UnreadableImageError, FileNotFoundError: an unreadable image, without ``skip_unreadable``.
+        """
         for i, (path, name) in enumerate(zip(self.paths, self.names)):
-            yield Frame(read_bgr_image(path), i, path, name)
+            try:
+                image = read_bgr_image(path)
+            except UnreadableImageError as e:
+                if not skip_unreadable:
+                    raise
+                yield Unreadable(i, path, name, e.reason)
+                continue
+            except FileNotFoundError:
+                if not skip_unreadable:
+                    raise
+                yield Unreadable(i, path, name, "file not found")
+                continue
+            yield Frame(image, i, path, name)
 
 
 class VideoSource:
@@ -151,19 +215,57 @@ class VideoSource:
         return self.frame_count or 0
 
     def __iter__(self):
-        """Yield every decodable frame in order; raise ``ValueError`` if there is none."""
+        """Yield every frame in order; raise ``ValueError`` at a frame that cannot be decoded
+        mid-stream (naming the video and frame number), or if there is no frame at all."""
+        return self.frames()
+
+    def frames(self, skip_unreadable=False):
+        """Yield a :class:`Frame` per decoded frame, in order (``index`` = frame number).
+
+        ``cv2.VideoCapture.read`` failing is the end of the stream, unless a later read succeeds
+        while the container's frame count (``CAP_PROP_FRAME_COUNT``) says frames remain: the
+        failed reads are then unreadable frames in the middle of the video. Their frame numbers
+        count each failed read as one frame (OpenCV gives no other position that is reliable for
+        every backend). Reads stop after :data:`MAX_CONSECUTIVE_FAILED_READS` failures in a row,
+        and at the first failure when the count is unknown (as before: the end). Failed reads at
+        the end (a frame count that overstates the stream, which some containers do) are not
+        reported.
+
+        Args:
+            skip_unreadable (bool): yield an :class:`Unreadable` per frame that failed mid-stream
+                and go on. False: raise ``ValueError`` naming the first such frame, once a later
+                frame has been decoded (so that the end of the stream is not mistaken for one).
+
+        Raises:
+            ValueError: no frame could be decoded; or a frame failed mid-stream, without
+                ``skip_unreadable``.
+        """
         cap = self._open()
         index = 0
+        decoded = 0
+        failed = []  # frame numbers of the failed reads since the last decoded frame
         try:
             while True:
                 ok, image = cap.read()
-                if not ok:
-                    break
+                if not ok or image is None:
+                    failed.append(index)
+                    index += 1
+                    if (self.frame_count is None or index >= self.frame_count
+                            or len(failed) >= MAX_CONSECUTIVE_FAILED_READS):
+                        break
+                    continue
+                for bad in failed:
+                    reason = "cv2.VideoCapture.read failed (frame not decodable)"
+                    if not skip_unreadable:
+                        raise ValueError(f"cannot read frame {bad} of video {self.path}: {reason}")
+                    yield Unreadable(bad, self.path, f"{self.name}_{bad:06d}", reason)
+                failed = []
                 yield Frame(image, index, self.path, f"{self.name}_{index:06d}")
                 index += 1
+                decoded += 1
         finally:
             cap.release()
-        if index == 0:
+        if decoded == 0:
             raise ValueError(f"video {self.path} has no decodable frame")
 
 

@@ -1,4 +1,4 @@
-"""Outputs of ``tools/predict.py`` (issue 12, item 3): overlays and a COCO results JSON.
+"""Outputs of ``tools/predict.py``: overlays and a COCO results JSON.
 
 For an image input (file, folder, glob) one PNG overlay per image, ``<output>/<name>.png`` where
 ``<name>`` is the image's path relative to the input folder (or glob root) without extension;
@@ -18,8 +18,17 @@ Detections scoring below the confidence threshold are left out of both the overl
 (as detectron2's demo does through ``SCORE_THRESH_TEST``); use 0 to keep every detection, e.g.
 for COCO AP. No existing file is overwritten: every target path is checked before anything is
 written.
+
+Unreadable inputs (:class:`light_rcnn.deploy.inputs.Unreadable`: an image file that does not
+decode, a video frame that fails mid-stream) are skipped by :func:`predict_to_folder` with
+``skip_unreadable=True``: each is logged as a warning naming the file (and frame) and the reason,
+gets no overlay and no results, and is listed in ``images.json["skipped"]`` (``id``, ``file``,
+``reason``, and ``frame_index`` for a video). The other inputs keep ``image_id`` = index in input
+order, so ids do not depend on which files could be read. ``images.json["skipped"]`` is always
+present (empty when nothing was skipped).
 """
 import json
+import logging
 import os
 
 import cv2
@@ -29,7 +38,7 @@ from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 from tqdm import tqdm
 
-from .inputs import batched
+from .inputs import Unreadable, batched
 
 __all__ = [
     "IMAGES_FILE",
@@ -45,6 +54,8 @@ __all__ = [
 RESULTS_FILE = "results.json"
 # image_id -> file (and categories) written beside RESULTS_FILE.
 IMAGES_FILE = "images.json"
+
+logger = logging.getLogger(__name__)
 
 
 def metadata_from_cfg(cfg):
@@ -106,7 +117,7 @@ class PredictionOutputs:
         self.paths = output_files(source, output_dir)
         check_new_files(self.paths["overlays"] + [self.paths["results"], self.paths["images"]])
         self._reverse_ids, self._categories, self._id_kind = _categories(metadata)
-        self._results, self._images = [], []
+        self._results, self._images, self._skipped = [], [], []
         self._video_writer = None
         self._video_visualizer = VideoVisualizer(metadata, ColorMode.IMAGE) if source.kind == "video" else None
         os.makedirs(output_dir, exist_ok=True)
@@ -147,6 +158,24 @@ class PredictionOutputs:
             entry["frame_index"] = frame.index
         self._images.append(entry)
 
+    def skip(self, item):
+        """Record an input that could not be read (an :class:`~light_rcnn.deploy.inputs.Unreadable`):
+        no overlay, no results, an entry in ``images.json["skipped"]``.
+
+        Returns:
+            dict: the entry (``id``, ``file``, ``reason``; ``frame_index`` for a video).
+        """
+        entry = {"id": item.index, "file": item.path, "reason": item.reason}
+        if self.source.kind == "video":
+            entry["frame_index"] = item.index
+        self._skipped.append(entry)
+        return entry
+
+    @property
+    def skipped(self):
+        """The entries of :meth:`skip` so far (a copy)."""
+        return list(self._skipped)
+
     def _write_png(self, path, image):
         check_new_files([path])
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -181,6 +210,7 @@ class PredictionOutputs:
                     "categories": self._categories,
                     "category_ids": self._id_kind,
                     "confidence_threshold": self.confidence_threshold,
+                    "skipped": self._skipped,
                 },
                 f,
                 indent=1,
@@ -188,7 +218,7 @@ class PredictionOutputs:
 
 
 def predict_to_folder(predictor, source, output_dir, metadata, batch_size=1, confidence_threshold=0.5,
-                      progress=True):
+                      progress=True, skip_unreadable=False):
     """Run ``predictor`` over ``source`` in batches and write its outputs (:class:`PredictionOutputs`).
 
     Args:
@@ -198,14 +228,32 @@ def predict_to_folder(predictor, source, output_dir, metadata, batch_size=1, con
         output_dir (str), metadata, confidence_threshold: as :class:`PredictionOutputs`.
         batch_size (int): frames per predictor call.
         progress (bool): show a tqdm progress bar (frames).
+        skip_unreadable (bool): skip an image that cannot be read (or a video frame that fails
+            mid-stream) with a logged warning, listing it in ``images.json["skipped"]``, and write
+            everything else, JSON files included. False: the source's error propagates at the first
+            one (the overlays written until then stay; no JSON is written).
 
     Returns:
-        dict: the written paths (:func:`output_files`) plus ``"frames"``, the number of frames.
+        dict: the written paths (:func:`output_files`) plus ``"frames"``, the number of frames
+        predicted, and ``"skipped"``, the ``images.json["skipped"]`` entries (``id``, ``file``,
+        ``reason``).
     """
     count = 0
     with PredictionOutputs(source, output_dir, metadata, confidence_threshold) as outputs:
         with tqdm(total=len(source) or None, unit="frame", disable=not progress) as bar:
-            for batch in batched(source, batch_size):
+
+            def readable(items):
+                for item in items:
+                    if isinstance(item, Unreadable):
+                        entry = outputs.skip(item)
+                        where = f" frame {entry['frame_index']}" if "frame_index" in entry else ""
+                        logger.warning(f"skipping unreadable input {item.path}{where}: {item.reason}")
+                        bar.update(1)
+                    else:
+                        yield item
+
+            items = source.frames(skip_unreadable=skip_unreadable) if hasattr(source, "frames") else source
+            for batch in batched(readable(items), batch_size):
                 predictions = predictor([f.image for f in batch])
                 if len(predictions) != len(batch):
                     raise RuntimeError(f"predictor returned {len(predictions)} results for {len(batch)} images")
@@ -213,4 +261,4 @@ def predict_to_folder(predictor, source, output_dir, metadata, batch_size=1, con
                     outputs.write(frame, instances)
                 count += len(batch)
                 bar.update(len(batch))
-    return dict(outputs.paths, frames=count)
+    return dict(outputs.paths, frames=count, skipped=outputs.skipped)

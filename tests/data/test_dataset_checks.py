@@ -199,3 +199,18 @@ def test_register_coco_sets_same_files_again_is_a_no_op(coco_set, tmp_path):
     finally:
         DatasetCatalog.remove("checks_cli")
         MetadataCatalog.remove("checks_cli")
+
+
+def test_register_coco_sets_checks_the_files_exist_when_registering(coco_set, tmp_path):
+    json_file, root, _ = coco_set
+    missing_json = str(tmp_path / "missing.json")
+    missing_root = str(tmp_path / "no_images")
+    # Every spec is checked first: the good one before the bad one is not registered either.
+    with pytest.raises(FileNotFoundError, match=r"'checks_files_b'.*annotation file '.*missing\.json'"):
+        register_coco_sets([("checks_files_a", json_file, root), ("checks_files_b", missing_json, root)])
+    with pytest.raises(FileNotFoundError, match=r"'checks_files_c'.*image directory '.*no_images'"):
+        register_coco_sets([("checks_files_c", json_file, missing_root)])
+    # One name given twice with other files in one call is refused the same way as across calls.
+    with pytest.raises(ValueError, match=r"'checks_files_d' is already registered .*missing\.json"):
+        register_coco_sets([("checks_files_d", json_file, root), ("checks_files_d", missing_json, root)])
+    assert not {"checks_files_a", "checks_files_b", "checks_files_c", "checks_files_d"} & set(DatasetCatalog.list())

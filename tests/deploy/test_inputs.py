@@ -6,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from light_rcnn.deploy.inputs import ImageSource, VideoSource, batched, open_input, read_bgr_image
+from light_rcnn.deploy.inputs import (
+    ImageSource,
+    Unreadable,
+    UnreadableImageError,
+    VideoSource,
+    batched,
+    open_input,
+    read_bgr_image,
+)
 
 
 def _image(seed, h=40, w=56):
@@ -156,3 +164,79 @@ def test_two_images_with_one_overlay_name_are_refused(tmp_path):
     assert cv2.imwrite(str(tmp_path / "x.jpg"), _image(1))
     with pytest.raises(ValueError, match=r"x\.jpg and .*x\.png would both write the overlay 'x\.png'"):
         open_input(str(tmp_path))
+
+
+def test_frames_can_skip_unreadable_images_keeping_the_indices(tmp_path, folder):
+    d = tmp_path / "mixed"
+    _write_png(str(d / "a.png"), _image(0))
+    assert cv2.imwrite(str(d / "full.jpg"), _image(7, 64, 64))
+    (d / "b_truncated.jpg").write_bytes((d / "full.jpg").read_bytes()[:200])
+    (d / "c_text.jpg").write_text("a text file, renamed")
+    (d / "notes.txt").write_text("no image extension: not an input")
+    source = open_input(str(d))
+    assert source.names == ["a", "b_truncated", "c_text", "full"]
+    items = list(source.frames(skip_unreadable=True))
+    assert [(type(it).__name__, it.index, it.name) for it in items] == [
+        ("Frame", 0, "a"), ("Unreadable", 1, "b_truncated"), ("Unreadable", 2, "c_text"), ("Frame", 3, "full")]
+    assert items[1].path == str(d / "b_truncated.jpg") and items[1].reason
+    assert "cannot identify image file" in items[2].reason
+    # Without skipping (also plain iteration), the first unreadable one is an error naming it.
+    with pytest.raises(UnreadableImageError, match=r"cannot read image .*b_truncated\.jpg: ") as e:
+        list(source)
+    assert e.value.path == str(d / "b_truncated.jpg") and isinstance(e.value, ValueError)
+    # A file gone since the folder was listed is unreadable too.
+    os.remove(d / "full.jpg")
+    last = list(source.frames(skip_unreadable=True))[-1]
+    assert isinstance(last, Unreadable) and (last.index, last.reason) == (3, "file not found")
+
+
+class _FailingReads:
+    """A cv2.VideoCapture whose reads number ``bad`` (0-based) fail: the frame is consumed
+    (``grab``) but ``read`` returns ``(False, None)``, as for a frame that does not decode."""
+
+    def __init__(self, cap, bad):
+        self.cap, self.bad, self.reads = cap, set(bad), 0
+
+    def read(self):
+        n, self.reads = self.reads, self.reads + 1
+        if n in self.bad:
+            self.cap.grab()
+            return False, None
+        return self.cap.read()
+
+    def __getattr__(self, name):  # get, release, ...
+        return getattr(self.cap, name)
+
+
+def _video_with_failing_reads(tmp_path, monkeypatch, bad, n=5, frame_count=None):
+    path = _write_video(tmp_path / "clip.mp4", [_image(i, 48, 64) for i in range(n)], 5.0)
+    source = open_input(path)
+    assert source.frame_count == n
+    if frame_count is not None:
+        source.frame_count = frame_count
+    real_open = source._open
+    monkeypatch.setattr(source, "_open", lambda: _FailingReads(real_open(), bad))
+    return source
+
+
+def test_video_frame_failing_mid_stream_is_skipped_or_an_error(tmp_path, monkeypatch):
+    source = _video_with_failing_reads(tmp_path, monkeypatch, bad=[2])
+    items = list(source.frames(skip_unreadable=True))
+    assert [(type(it).__name__, it.index) for it in items] == [
+        ("Frame", 0), ("Frame", 1), ("Unreadable", 2), ("Frame", 3), ("Frame", 4)]
+    assert items[2].path == source.path and items[2].name == "clip_000002" and "read failed" in items[2].reason
+    with pytest.raises(ValueError, match=r"cannot read frame 2 of video .*clip\.mp4"):
+        list(source)
+
+
+def test_failed_reads_at_the_end_of_a_video_are_its_end(tmp_path, monkeypatch):
+    # A frame count that overstates the stream (as some containers do): no frame is reported.
+    source = _video_with_failing_reads(tmp_path, monkeypatch, bad=[], frame_count=9)
+    assert [f.index for f in source.frames(skip_unreadable=True)] == [0, 1, 2, 3, 4]
+    assert [f.index for f in source] == [0, 1, 2, 3, 4]
+    # The last frame failing is the end too, and a video without any decodable frame an error.
+    source = _video_with_failing_reads(tmp_path, monkeypatch, bad=[4])
+    assert [f.index for f in source] == [0, 1, 2, 3]
+    source = _video_with_failing_reads(tmp_path, monkeypatch, bad=range(5))
+    with pytest.raises(ValueError, match=r"video .*clip\.mp4 has no decodable frame"):
+        list(source.frames(skip_unreadable=True))

@@ -1,6 +1,7 @@
 """light_rcnn.deploy.outputs: PNG / MP4 overlays, a COCO results JSON whose RLE masks decode to the
 predicted masks, category ids mapped to the data set's, and no existing file overwritten."""
 import json
+import logging
 import os
 
 import cv2
@@ -182,3 +183,55 @@ def test_overlay_draws_the_mask(tmp_path):
     diff = np.abs(cv2.imread(str(tmp_path / "out" / "grey.png")).astype(int) - image).sum(axis=2)
     assert diff[38:47, 48:62].min() > 20  # inside the mask: coloured
     assert diff[:25, :35].max() < 10  # far from the detection: the image
+
+
+@pytest.fixture
+def warnings_log(caplog):
+    """The module's warnings, captured even if a logger setup elsewhere stopped propagation."""
+    log = logging.getLogger("light_rcnn.deploy.outputs")
+    log.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING)
+    yield caplog
+    log.removeHandler(caplog.handler)
+
+
+def test_unreadable_inputs_are_skipped_and_listed_with_everything_else_written(images, tmp_path, warnings_log):
+    d = os.path.dirname(images.paths[0])
+    with open(os.path.join(d, "img0b.png"), "w") as f:  # sorts between img0 and img1
+        f.write("not a png")
+    source = open_input(d)
+    out = tmp_path / "out"
+    calls = []
+
+    def predictor(imgs):
+        calls.append(len(imgs))
+        return [_instances(40, 56, 0) for _ in imgs]
+
+    written = predict_to_folder(predictor, source, str(out), Metadata(thing_classes=CLASSES), batch_size=2,
+                                confidence_threshold=0.0, progress=False, skip_unreadable=True)
+    assert calls == [2]  # the two readable images in one batch
+    bad = os.path.join(d, "img0b.png")
+    assert written["frames"] == 2 and [(s["id"], s["file"]) for s in written["skipped"]] == [(1, bad)]
+    assert "cannot identify image file" in written["skipped"][0]["reason"]
+    assert f"skipping unreadable input {bad}: cannot identify image file" in warnings_log.text
+    assert sorted(os.listdir(out)) == ["images.json", "img0.png", "img1.png", "results.json"]
+    with open(out / "images.json") as f:
+        meta = json.load(f)
+    assert [im["id"] for im in meta["images"]] == [0, 2]  # ids = index in input order, a gap for the skipped
+    assert meta["skipped"] == written["skipped"] and set(meta["skipped"][0]) == {"id", "file", "reason"}
+    with open(out / "results.json") as f:
+        assert {r["image_id"] for r in json.load(f)} == {0, 2}
+
+    # Not skipping: the error names the file; the overlay written before it stays, no JSON.
+    out2 = tmp_path / "out2"
+    with pytest.raises(ValueError, match=r"cannot read image .*img0b\.png"):
+        predict_to_folder(predictor, source, str(out2), Metadata(), progress=False)
+    assert sorted(os.listdir(out2)) == ["img0.png"]
+
+
+def test_nothing_skipped_gives_an_empty_skipped_list(images, tmp_path):
+    written = predict_to_folder(lambda imgs: [_instances(40, 56, 0) for _ in imgs], images, str(tmp_path / "o"),
+                                Metadata(), progress=False, skip_unreadable=True)
+    assert written["skipped"] == [] and written["frames"] == 2
+    with open(tmp_path / "o" / "images.json") as f:
+        assert json.load(f)["skipped"] == []

@@ -137,3 +137,118 @@ def test_cli_rejects_a_zero_batch_size(load_tool, capsys):
         load_tool("predict").get_parser().parse_args(["--model", "m", "--input", "i", "--output", "o",
                                                       "--batch-size", "0"])
     assert "--batch-size: '0': expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, shapes_images):
+    """Two good JPEGs (ids 0 and 3), a truncated JPEG (its first 200 bytes, id 1), a text file
+    named .jpg (id 2) and a .txt file (not an input)."""
+    d = tmp_path / "mixed"
+    d.mkdir()
+    os.symlink(shapes_images[0], d / "a_good.jpg")
+    with open(shapes_images[1], "rb") as f:
+        (d / "b_truncated.jpg").write_bytes(f.read()[:200])
+    (d / "c_text.jpg").write_text("this is a text file\n")
+    os.symlink(shapes_images[2], d / "d_good.jpg")
+    (d / "notes.txt").write_text("ignored")
+    return d
+
+
+@pytest.mark.parametrize("as_glob", [False, True], ids=["folder", "glob"])
+def test_unreadable_images_are_skipped_reported_and_exit_3(load_tool, tiny_model, mixed_folder, tmp_path, capsys,
+                                                           as_glob):
+    model, cfg = tiny_model
+    inp = str(mixed_folder / "*.jpg") if as_glob else str(mixed_folder)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        load_tool("predict").main(_args(model, cfg, inp, str(out), "--batch-size", "2", "--confidence-threshold", "0"))
+    assert e.value.code == 3
+    printed = capsys.readouterr()
+    assert "2 frame(s) predicted, 2 skipped" in printed.out
+    truncated, text = str(mixed_folder / "b_truncated.jpg"), str(mixed_folder / "c_text.jpg")
+    assert f"skipped {truncated}: " in printed.err and f"skipped {text}: cannot identify image file" in printed.err
+    # Everything of the good images is written: overlays, results.json, images.json.
+    assert sorted(os.listdir(out)) == ["a_good.png", "d_good.png", "images.json", "results.json"]
+    assert cv2.imread(str(out / "d_good.png")).shape == (64, 64, 3)
+    with open(out / "images.json") as f:
+        images = json.load(f)
+    assert [(im["id"], im["file_name"]) for im in images["images"]] == [
+        (0, str(mixed_folder / "a_good.jpg")), (3, str(mixed_folder / "d_good.jpg"))]
+    assert [(s["id"], s["file"]) for s in images["skipped"]] == [(1, truncated), (2, text)]
+    assert all(s["reason"] for s in images["skipped"])
+    with open(out / "results.json") as f:
+        results = json.load(f)
+    assert results and {r["image_id"] for r in results} == {0, 3}
+
+
+def test_strict_stops_at_the_first_unreadable_image(load_tool, tiny_model, mixed_folder, tmp_path):
+    model, cfg = tiny_model
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"cannot read image .*b_truncated\.jpg"):
+        load_tool("predict").main(_args(model, cfg, str(mixed_folder), str(out), "--strict"))
+    assert os.listdir(out) == ["a_good.png"]  # written before it; no JSON of a stopped run
+
+
+def test_unreadable_video_frame_is_skipped_with_its_number(load_tool, tiny_model, shapes_images, tmp_path, capsys,
+                                                           monkeypatch):
+    """A frame whose read fails while frames follow (simulated: OpenCV's FFmpeg backend conceals
+    decoding errors, so a real damaged file does not fail reliably) is skipped and reported."""
+    from light_rcnn.deploy.inputs import VideoSource
+
+    model, cfg = tiny_model
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 6.0, (64, 64))
+    for i in range(4):
+        writer.write(cv2.imread(shapes_images[i % 3]))
+    writer.release()
+
+    class FailSecondRead:
+        def __init__(self, cap):
+            self.cap, self.reads = cap, 0
+
+        def read(self):
+            self.reads += 1
+            if self.reads == 2:
+                self.cap.grab()
+                return False, None
+            return self.cap.read()
+
+        def __getattr__(self, name):  # get, release, ...
+            return getattr(self.cap, name)
+
+    real_open = VideoSource._open
+    monkeypatch.setattr(VideoSource, "_open", lambda self: FailSecondRead(real_open(self)))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        load_tool("predict").main(_args(model, cfg, video, str(out), "--confidence-threshold", "0"))
+    assert e.value.code == 3
+    printed = capsys.readouterr()
+    assert "3 frame(s) predicted, 1 skipped" in printed.out and f"skipped {video} frame 1: " in printed.err
+    with open(out / "images.json") as f:
+        images = json.load(f)
+    assert [im["frame_index"] for im in images["images"]] == [0, 2, 3]
+    assert [(s["frame_index"], s["file"]) for s in images["skipped"]] == [(1, video)]
+    cap = cv2.VideoCapture(str(out / "clip.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == 3
+
+
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan", "inf", "high"])
+def test_cli_refuses_a_confidence_threshold_outside_0_1(load_tool, capsys, value):
+    with pytest.raises(SystemExit) as e:
+        load_tool("predict").get_parser().parse_args(["--model", "m", "--input", "i", "--output", "o",
+                                                      "--confidence-threshold", value])
+    assert e.value.code == 2
+    assert f"--confidence-threshold: '{value}': expected a number in [0, 1]" in capsys.readouterr().err
+
+
+def test_cli_accepts_confidence_thresholds_0_and_1(load_tool):
+    parser = load_tool("predict").get_parser()
+    base = ["--model", "m", "--input", "i", "--output", "o"]
+    assert parser.parse_args(base).confidence_threshold == 0.5 and not parser.parse_args(base).strict
+    for value in (0.0, 1.0):
+        assert parser.parse_args(base + ["--confidence-threshold", str(value)]).confidence_threshold == value
+    assert parser.parse_args(base + ["--strict"]).strict
