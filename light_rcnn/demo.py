@@ -22,7 +22,7 @@ from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from .config import load_config
-from .data import register_shapes_datasets
+from .data import register_builtin_datasets
 from .engine import Trainer, check_output_dir, check_weights
 from .engine.predictor import Predictor
 
@@ -111,7 +111,7 @@ def _train_evaluate_draw(cfg, t0, num_images):
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
     with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
         f.write(cfg.dump())
-    register_shapes_datasets(cfg)
+    register_builtin_datasets(cfg)  # shapes, and its VOC / KITTI layouts when the config names them
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         DatasetCatalog.get(name)  # generates the embedded data on first use
     timings = {"data": time.perf_counter() - t0}

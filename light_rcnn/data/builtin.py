@@ -4,9 +4,13 @@ Registration only, like detectron2's ``builtin.py``: the shapes set's spec is in
 :mod:`light_rcnn.data.shapes_meta` and its generator in :mod:`light_rcnn.data.shapes` (imported
 only when a split is first loaded, so ``python -m light_rcnn.data.shapes`` runs cleanly and
 ``import light_rcnn`` stays cheap). ``import light_rcnn`` registers the shapes splits with their
-defaults; KITTI is registered only on request (:func:`register_builtin_datasets`).
+defaults; KITTI and the shapes set's VOC / KITTI layouts (:mod:`light_rcnn.data.shapes_layouts`)
+are registered only on request (:func:`register_builtin_datasets`).
 """
+import os
+
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_pascal_voc
 
 from .dataset_checks import register_coco_instances_checked
 from .kitti import KITTI_SPLITS, register_kitti_datasets
@@ -15,6 +19,8 @@ from .shapes_meta import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SEED,
     DEFAULT_SPLITS,
+    KITTI_DATASETS,
+    VOC_DATASETS,
     check_cache_root,
     resolve_cache_root,
     shapes_split_paths,
@@ -24,6 +30,8 @@ __all__ = [
     "register_builtin_datasets",
     "register_default_shapes_datasets",
     "register_shapes_datasets",
+    "register_shapes_kitti_datasets",
+    "register_shapes_voc_datasets",
 ]
 
 
@@ -46,10 +54,7 @@ def _register(root, image_size, seed, sizes, generate_now=False):
         num = int(sizes[name])
         split_seed = seed + seed_offset
         json_file, image_root = shapes_split_paths(root, split, num, image_size, split_seed)
-        if name in DatasetCatalog:
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog:
-            MetadataCatalog.remove(name)
+        _replace(name)
         generate = _Generate(root, split, num, image_size, split_seed)
         register_coco_instances_checked(
             name,
@@ -80,6 +85,13 @@ def register_shapes_datasets(cfg=None, generate_now=False):
         ValueError: the cache root lies inside the installed ``light_rcnn`` package
             (:func:`light_rcnn.data.shapes_meta.check_cache_root`).
     """
+    root, image_size, seed, sizes = _shapes_params(cfg)
+    _register(root, image_size, seed, sizes, generate_now=generate_now)
+
+
+def _shapes_params(cfg):
+    """``(root, image_size, seed, sizes)`` of ``cfg.DATASETS.SHAPES`` (None: the defaults), the
+    cache root resolved and checked."""
     if cfg is not None:
         s = cfg.DATASETS.SHAPES
         root, image_size, seed = s.ROOT, s.IMAGE_SIZE, s.SEED
@@ -89,7 +101,43 @@ def register_shapes_datasets(cfg=None, generate_now=False):
         sizes = {name: default for name, (_, _, default, _) in DEFAULT_SPLITS.items()}
     root = resolve_cache_root(root)
     check_cache_root(root)
-    _register(root, int(image_size), int(seed), sizes, generate_now=generate_now)
+    return root, int(image_size), int(seed), sizes
+
+
+def _replace(name):
+    if name in DatasetCatalog:
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog:
+        MetadataCatalog.remove(name)
+
+
+def register_shapes_voc_datasets(cfg=None):
+    """Write (once) the shapes splits of ``cfg.DATASETS.SHAPES`` in Pascal VOC 2007 layout and
+    register ``shapes_voc_train`` / ``shapes_voc_test`` with detectron2's ``register_pascal_voc``
+    (evaluated by ``PascalVOCDetectionEvaluator``). See :mod:`light_rcnn.data.shapes_layouts`.
+    Returns the ``VOC2007`` folder."""
+    from .shapes_layouts import write_voc_layout
+
+    dirname = write_voc_layout(*_shapes_params(cfg))
+    for name, split in VOC_DATASETS.items():
+        _replace(name)
+        register_pascal_voc(name, dirname, split, 2007, CLASS_NAMES)
+        MetadataCatalog.get(name).evaluator_type = "pascal_voc"
+    return dirname
+
+
+def register_shapes_kitti_datasets(cfg=None):
+    """Write (once) the shapes splits of ``cfg.DATASETS.SHAPES`` in KITTI layout, convert them with
+    ``datasets/prepare_kitti.py``'s code and register ``shapes_kitti_train`` / ``shapes_kitti_val``
+    (COCO box AP). See :mod:`light_rcnn.data.shapes_layouts`. Returns the KITTI root."""
+    from .shapes_layouts import write_kitti_layout
+
+    kitti = write_kitti_layout(*_shapes_params(cfg))
+    for name, split in KITTI_DATASETS.items():
+        _replace(name)
+        register_coco_instances_checked(name, {}, os.path.join(kitti, "annotations", f"kitti_{split}.json"),
+                                        os.path.join(kitti, "training", "image_2"))
+    return kitti
 
 
 def register_default_shapes_datasets():
@@ -103,8 +151,15 @@ def register_builtin_datasets(cfg):
     """Register the built-in sets a config uses: always ``shapes_train`` / ``shapes_val`` from
     ``cfg.DATASETS.SHAPES`` (:func:`register_shapes_datasets`), and ``kitti_train`` /
     ``kitti_val`` (:func:`light_rcnn.data.kitti.register_kitti_datasets`, from
-    ``$DETECTRON2_DATASETS``) when ``cfg.DATASETS.TRAIN`` or ``TEST`` names one of them.
+    ``$DETECTRON2_DATASETS``) when ``cfg.DATASETS.TRAIN`` or ``TEST`` names one of them, and the
+    generated VOC / KITTI layouts of the shapes set (``shapes_voc_*``, ``shapes_kitti_*``, written
+    now if needed) when named.
     ``tools/train_net.py`` calls this in every process."""
     register_shapes_datasets(cfg)
-    if (set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST)) & set(KITTI_SPLITS):
+    named = set(cfg.DATASETS.TRAIN) | set(cfg.DATASETS.TEST)
+    if named & set(KITTI_SPLITS):
         register_kitti_datasets()
+    if named & set(VOC_DATASETS):
+        register_shapes_voc_datasets(cfg)
+    if named & set(KITTI_DATASETS):
+        register_shapes_kitti_datasets(cfg)

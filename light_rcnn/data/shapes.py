@@ -65,7 +65,7 @@ from .shapes_meta import (
     shapes_split_paths,
 )
 
-__all__ = ["generate_shapes_dataset", "mask_to_polygons"]
+__all__ = ["build_directory_once", "generate_shapes_dataset", "mask_to_polygons"]
 
 # Written last into a finished split directory; holds the generation parameters.
 _MARKER = "DONE.json"
@@ -326,32 +326,47 @@ def generate_shapes_dataset(root, split, num_images, image_size=DEFAULT_IMAGE_SI
     root = resolve_cache_root(root)
     check_cache_root(root)
     json_file, image_root = shapes_split_paths(root, split, num_images, image_size, seed)
-    params = _params(split, num_images, image_size, seed)
-    if _is_complete(image_root, params):
-        return json_file, image_root
 
-    parent = os.path.dirname(image_root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{split}.tmp-", dir=parent)
-    try:
+    def write(tmp):
         logger.info(f"Generating {num_images} shapes images ({image_size} px, seed {seed}) in {image_root}")
         _write_split(tmp, split, int(num_images), int(image_size), int(seed))
+
+    build_directory_once(image_root, _params(split, num_images, image_size, seed), write)
+    return json_file, image_root
+
+
+def build_directory_once(target, params, write):
+    """Make the folder ``target`` with ``write(tmp_folder)`` unless it is complete already.
+
+    Complete means: its ``DONE.json`` holds exactly ``params``. The folder is written in a
+    temporary sibling, ``DONE.json`` last, and renamed into place, so an interrupted run never
+    leaves a folder that looks complete, and concurrent writers (e.g. data-loader processes) end
+    with one complete copy. An incomplete folder, or one with other ``params`` (e.g. an older
+    generator version), is replaced.
+    """
+    if _is_complete(target, params):
+        return target
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    try:
+        write(tmp)
         with open(os.path.join(tmp, _MARKER), "w") as f:
             json.dump(params, f)
         os.chmod(tmp, 0o755)
-        if os.path.exists(image_root):
-            if _is_complete(image_root, params):  # another process finished first
-                return json_file, image_root
-            shutil.rmtree(image_root)  # incomplete or from another generator version
+        if os.path.exists(target):
+            if _is_complete(target, params):  # another process finished first
+                return target
+            shutil.rmtree(target)  # incomplete or from another generator version
         try:
-            os.rename(tmp, image_root)
+            os.rename(tmp, target)
         except OSError:
-            if not _is_complete(image_root, params):  # lost a race to a finished writer: fine
+            if not _is_complete(target, params):  # lost a race to a finished writer: fine
                 raise
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
-    return json_file, image_root
+    return target
 
 
 def main(argv=None):

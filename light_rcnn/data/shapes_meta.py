@@ -13,6 +13,8 @@ __all__ = [
     "check_cache_root",
     "resolve_cache_root",
     "shapes_split_paths",
+    "KITTI_DATASETS",
+    "VOC_DATASETS",
 ]
 
 # Class names of the shapes set; category id = index + 1.
@@ -23,6 +25,11 @@ DEFAULT_SPLITS = {
     "shapes_train": ("train", "NUM_TRAIN", 400, 0),
     "shapes_val": ("val", "NUM_VAL", 60, 1),
 }
+# The shapes splits in other layouts (light_rcnn.data.shapes_layouts), registered when a config
+# names them. VOC data set name -> ImageSets/Main split (made of shapes_train, then shapes_val):
+VOC_DATASETS = {"shapes_voc_train": "train", "shapes_voc_test": "test"}
+# KITTI data set name -> split (annotations/kitti_<split>.json, splits/<split>.txt):
+KITTI_DATASETS = {"shapes_kitti_train": "train", "shapes_kitti_val": "val"}
 # Default image side (px) and generator seed (train uses it, val uses it + 1).
 DEFAULT_IMAGE_SIZE = 192
 DEFAULT_SEED = 0
