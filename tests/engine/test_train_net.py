@@ -13,6 +13,8 @@ from light_rcnn import load_config
 from light_rcnn.data import generate_shapes_dataset, register_shapes_datasets
 from light_rcnn.engine import AtomicDetectionCheckpointer, Trainer, check_weights
 
+from ..conftest import tiny_shapes_opts
+
 # tools/ is not a package: the tests load the script the way `python tools/train_net.py` runs it.
 TRAIN_NET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "train_net.py")
 
@@ -182,3 +184,26 @@ def test_register_coco_refuses_a_taken_name(train_net, config, opts, tmp_path):
             *opts(str(tmp_path / "run"), 1)]
     with pytest.raises(ValueError, match="'coco_2017_val' is already registered"):
         train_net.main(_args(train_net, *argv))
+
+
+@pytest.mark.parametrize("config_name, evaluated, keys", [
+    # the FD-MobileNet paper's VOC 2007 detector: VOC layout, PascalVOCDetectionEvaluator
+    ("faster_rcnn_fd_mobilenet_voc_shapes.yaml", "shapes_voc_test", {"AP", "AP50", "AP75"}),
+    # the dilated-MobileNetV2 paper's KITTI car detector: KITTI layout via prepare_kitti, COCO box AP
+    ("faster_rcnn_dilated_mobilenetv2_kitti_shapes.yaml", "shapes_kitti_val", {"AP", "AP50", "APs", "APm", "APl"}),
+])
+def test_voc_and_kitti_detectors_train_and_evaluate(train_net, config_file, shapes_root, tiny_sizes, tmp_path,
+                                                     config_name, evaluated, keys):
+    out = str(tmp_path / "run")
+    argv = ["--config-file", config_file(f"shapes/{config_name}"), *tiny_sizes,
+            *tiny_shapes_opts(shapes_root, num_train=8, num_val=4),
+            "SOLVER.MAX_ITER", 6, "SOLVER.STEPS", (), "SOLVER.WARMUP_ITERS", 2, "SOLVER.IMS_PER_BATCH", 2,
+            "MODEL_EMA.ENABLED", False, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0, "OUTPUT_DIR", out]
+    train_net.main(_args(train_net, *argv))  # trains, then evaluates on DATASETS.TEST
+    final = os.path.join(out, "model_final.pth")
+    assert torch.load(final, weights_only=False)["iteration"] == 5
+    with open(os.path.join(out, "log.txt")) as f:
+        assert f"Evaluation results for {evaluated} in csv format" in f.read()
+    res = train_net.main(_args(train_net, "--eval-only", *argv, "MODEL.WEIGHTS", final))
+    assert set(res) == {"bbox"}  # box-only detectors
+    assert keys <= set(res["bbox"]) and np.isfinite(res["bbox"]["AP50"]), res
