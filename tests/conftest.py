@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny generated shapes data set and tiny CPU configs."""
 import contextlib
 import importlib.util
+import logging
 import os
 import warnings
 
@@ -137,3 +138,21 @@ def torch_threads():
     Tiny models gain nothing from two threads, and on a 2-core machine shared with other work
     OpenMP's spin-waiting made such tests many times slower."""
     return _torch_threads
+
+
+@pytest.fixture
+def logger_warnings(caplog):
+    """``f(logger_name)`` -> ``caplog`` holding that logger's warnings, captured even if a logger
+    set-up elsewhere stopped propagation (the handler is removed afterwards)."""
+    loggers = []
+
+    def capture(name):
+        log = logging.getLogger(name)
+        log.addHandler(caplog.handler)
+        loggers.append(log)
+        caplog.set_level(logging.WARNING)
+        return caplog
+
+    yield capture
+    for log in loggers:
+        log.removeHandler(caplog.handler)

@@ -1,6 +1,5 @@
 """Every bad-input case of light_rcnn.data.dataset_checks behaves as its docstring says."""
 import json
-import logging
 import os
 
 import cv2
@@ -60,13 +59,9 @@ def coco_set(tmp_path):
 
 
 @pytest.fixture
-def warnings_log(caplog):
-    """Captures the module's warnings even if a logger setup stopped propagation."""
-    log = logging.getLogger("light_rcnn.data.dataset_checks")
-    log.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING)
-    yield caplog
-    log.removeHandler(caplog.handler)
+def warnings_log(logger_warnings):
+    """The module's warnings (caplog)."""
+    return logger_warnings("light_rcnn.data.dataset_checks")
 
 
 @pytest.fixture

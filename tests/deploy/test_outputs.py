@@ -1,7 +1,6 @@
 """light_rcnn.deploy.outputs: PNG / MP4 overlays, a COCO results JSON whose RLE masks decode to the
 predicted masks, category ids mapped to the data set's, and no existing file overwritten."""
 import json
-import logging
 import os
 
 import cv2
@@ -186,13 +185,9 @@ def test_overlay_draws_the_mask(tmp_path):
 
 
 @pytest.fixture
-def warnings_log(caplog):
-    """The module's warnings, captured even if a logger setup elsewhere stopped propagation."""
-    log = logging.getLogger("light_rcnn.deploy.outputs")
-    log.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING)
-    yield caplog
-    log.removeHandler(caplog.handler)
+def warnings_log(logger_warnings):
+    """The module's warnings (caplog)."""
+    return logger_warnings("light_rcnn.deploy.outputs")
 
 
 def test_unreadable_inputs_are_skipped_and_listed_with_everything_else_written(images, tmp_path, warnings_log):

@@ -92,13 +92,18 @@ def test_image_folder_overlays_and_coco_json(load_tool, tiny_model, shapes_image
     assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
 
 
+def _write_video(path, images, num_frames):
+    """A 64x64 MP4 at 6 fps cycling through ``images``; returns ``path``."""
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 6.0, (64, 64))
+    for i in range(num_frames):
+        writer.write(cv2.imread(images[i % len(images)]))
+    writer.release()
+    return path
+
+
 def test_short_video_gives_an_mp4_with_every_frame(load_tool, tiny_model, shapes_images, tmp_path, capsys):
     model, cfg = tiny_model
-    video = str(tmp_path / "clip.mp4")
-    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 6.0, (64, 64))
-    for i in range(5):
-        writer.write(cv2.imread(shapes_images[i % 3]))
-    writer.release()
+    video = _write_video(str(tmp_path / "clip.mp4"), shapes_images, 5)
     out = tmp_path / "out"
     load_tool("predict").main(_args(model, cfg, video, str(out), "--batch-size", "2", "--threads",
                                     str(torch.get_num_threads()), "--confidence-threshold", "0"))
@@ -196,11 +201,7 @@ def test_unreadable_video_frame_is_skipped_with_its_number(load_tool, tiny_model
     from light_rcnn.deploy.inputs import VideoSource
 
     model, cfg = tiny_model
-    video = str(tmp_path / "clip.mp4")
-    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 6.0, (64, 64))
-    for i in range(4):
-        writer.write(cv2.imread(shapes_images[i % 3]))
-    writer.release()
+    video = _write_video(str(tmp_path / "clip.mp4"), shapes_images, 4)
 
     class FailSecondRead:
         def __init__(self, cap):
