@@ -111,9 +111,14 @@ def test_head_trains_with_each_loss_choice(make_head, loss_type, keys):
     head = make_head(loss_type)
     assert isinstance(head, IoUMaskRCNNConvUpsampleHead)
     head.train()
+    # ROI features that carry the target (each ROI's mask at 14 x 14, +-1, plus noise): from random
+    # features and SGD at lr 0.5 the loss fell only 0.3 % in 8 steps (BCE, seeds 0-7); with these and
+    # Adam, last/first <= 0.56 for every loss choice over seeds 0-7 at 1 and 2 threads.
+    fg = _fg_proposals()[0]
+    masks = fg.gt_masks.crop_and_resize(fg.proposal_boxes.tensor, 14).float()
     torch.manual_seed(1)
-    x = torch.randn(3, 6, 14, 14)
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.5)
+    x = (2 * masks - 1)[:, None].repeat(1, 6, 1, 1) + 0.5 * torch.randn(3, 6, 14, 14)
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
     totals = []
     with EventStorage():
         for _ in range(8):
