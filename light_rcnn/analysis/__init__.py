@@ -2,6 +2,7 @@
 
 * :mod:`.benchmark` -- :func:`run_benchmark` (``tools/benchmark.py``): latency by stage, peak memory,
   FLOPs, parameters and ratios to a baseline, for detectron2 configs and torchvision detectors.
+* :mod:`.frontier` -- the speed-accuracy frontier (``tools/plot_frontier.py``): AP over seeds against latency.
 * :mod:`.build` -- a config (or torchvision name) built for measurement: random weights unless
   given, optionally at fixed work; shared by the benchmark, its memory child and ``model_stats``.
 * :mod:`.model_stats` -- parameters, fp32 weight size, FLOPs (fvcore; one multiply-add = one flop),
