@@ -3,6 +3,15 @@
 :func:`add_light_rcnn_config` adds new nodes to a detectron2 ``CfgNode`` (a copy obtained with
 ``detectron2.config.get_cfg()``); it never touches detectron2's global defaults. Every key has a
 one-line comment above it.
+
+Pretrained trunks need no key: when ``MODEL.WEIGHTS`` is a classifier checkpoint of
+tools/train_classifier.py (it has an ``"arch"`` entry), light_rcnn's checkpointer
+(:class:`light_rcnn.engine.checkpoint.AtomicDetectionCheckpointer`) always checks it against the
+detector's trunk and raises ``ValueError`` naming missing and unused keys
+(:func:`light_rcnn.engine.checkpoint.check_pretrained_backbone`). Always, because such a file
+exists only to initialize that trunk: a partial load is a mistake (wrong width, wrong config),
+never a wish, and a key to switch the check off would let it pass silently again. Detection
+checkpoints (resume, fine-tuning from ``model_final.pth``) are not checked.
 """
 import os
 

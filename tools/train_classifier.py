@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Classification pre-training of a mobile backbone; its checkpoint is a detector's MODEL.WEIGHTS.
+"""Classification pre-training of a backbone; its checkpoint is a detector's MODEL.WEIGHTS.
 
 Input convention: BGR 0-255 images normalized with PIXEL_MEAN [103.530, 116.280, 123.675] and
-PIXEL_STD [57.375, 57.120, 58.395], exactly as the mobile detection configs in configs/ do
-(light_rcnn/data/image_folder.py; schedules and checkpoint layout: light_rcnn/engine/classifier.py).
+PIXEL_STD [57.375, 57.120, 58.395], exactly as the mobile and shapes detection configs in
+configs/ do (light_rcnn/data/image_folder.py; schedules, checkpoint layout and where a ResNet
+trunk loads: light_rcnn/engine/classifier.py).
 
     # FD-MobileNet paper's ImageNet schedule (90 epochs, batch 256, lr 0.1 /10 every 30, wd 4e-5)
     python tools/train_classifier.py --arch fd_mobilenet --width-mult 1.0 \
@@ -12,6 +13,14 @@ PIXEL_STD [57.375, 57.120, 58.395], exactly as the mobile detection configs in c
     python tools/train_classifier.py --arch dilated_mobilenet_v2 \
         --data /data/caltech101/101_ObjectCategories --caltech-split 2000 \
         --output output/cls/dilated_mobilenet_v2_caltech101.pth
+    # the quarter-width ResNet-50 of the shapes configs (Mask R-CNN R50-C4 and Light Mask R-CNN
+    # framework 1 both load it), on crops of generated shapes scenes (schedule: an example, not
+    # a tuned recipe)
+    python -m light_rcnn.data.shapes_crops --root ~/.cache/light_rcnn/datasets   # prints the folder
+    python tools/train_classifier.py --arch resnet \
+        --config-file light_rcnn://shapes/mask_rcnn_R_50_C4_shapes.yaml \
+        --data FOLDER --image-size 64 --epochs 30 --batch-size 64 --lr 0.05 \
+        --output output/cls/resnet50_quarter_shapes.pth
     # continue an interrupted run
     python tools/train_classifier.py ... --output output/cls/fd_mobilenet_1x.pth --resume
     # then: python tools/train_net.py --config-file CFG MODEL.WEIGHTS output/cls/fd_mobilenet_1x.pth
@@ -28,12 +37,16 @@ from light_rcnn.engine.classifier import ARCH_BUILDERS, SCHEDULES, resolve_sched
 
 def argument_parser():
     p = argparse.ArgumentParser(
-        description="Classification pre-training of a mobile backbone (BGR 0-255 input, "
+        description="Classification pre-training of a backbone (BGR 0-255 input, "
                     "normalized with the detection configs' PIXEL_MEAN / PIXEL_STD).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--arch", required=True, choices=sorted(ARCH_BUILDERS))
-    p.add_argument("--width-mult", type=float, default=1.0, help="width multiplier alpha")
+    p.add_argument("--width-mult", type=float, default=1.0,
+                   help="width multiplier alpha of the mobile archs (resnet: keep 1)")
+    p.add_argument("--config-file", default=None, metavar="FILE",
+                   help="--arch resnet: detection config (path or light_rcnn://...) whose "
+                        "MODEL.RESNETS defines the trunk (default: detectron2's ResNet-50)")
     p.add_argument("--data", required=True,
                    help="folder with train/ and val/ ImageFolder trees, or (with "
                         "--caltech-split) a single folder of class sub-folders")
@@ -69,7 +82,7 @@ def argument_parser():
     p.add_argument("--log-period", type=int, default=20, help="iterations between log lines")
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="extra backbone config options, e.g. MODEL.MOBILENET.DILATION_RATES "
-                        "[1,2,3,4]")
+                        "[1,2,3,4] or MODEL.RESNETS.WIDTH_PER_GROUP 16")
     return p
 
 
@@ -92,7 +105,7 @@ def worker(args, schedule):
         width_mult=args.width_mult, caltech_split=args.caltech_split, split_seed=args.split_seed,
         image_size=args.image_size, resume=args.resume, device=args.device,
         num_workers=args.num_workers, seed=args.seed, log_period=args.log_period, opts=args.opts,
-        precise_bn_batches=args.precise_bn_batches,
+        precise_bn_batches=args.precise_bn_batches, config_file=args.config_file,
     )
     if comm.is_main_process():
         top1 = result["top1"]
@@ -104,6 +117,11 @@ def worker(args, schedule):
 
 def main(argv=None):
     args = argument_parser().parse_args(argv)
+    if args.config_file and args.arch != "resnet":
+        argument_parser().error("--config-file is read with --arch resnet only")
+    if args.arch == "resnet" and args.width_mult != 1.0:
+        argument_parser().error("--arch resnet takes its width from MODEL.RESNETS of --config-file "
+                                "(or KEY VALUE opts); leave --width-mult at 1")
     try:
         schedule = schedule_from_args(args)
     except ValueError as e:

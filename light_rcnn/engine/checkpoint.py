@@ -8,15 +8,32 @@ Choices (README "Bad input"):
   choose another OUTPUT_DIR;
 * weights that would be fetched from the network (``detectron2://``, ``http(s)://``) fail with a
   message saying which file to provide, since these machines reach only package registries.
-  Set ``LIGHT_RCNN_ALLOW_DOWNLOAD=1`` on a machine that can download.
+  Set ``LIGHT_RCNN_ALLOW_DOWNLOAD=1`` on a machine that can download;
+* a classifier trunk (tools/train_classifier.py) that does not fit the detector fails, naming the
+  keys, instead of leaving layers at their random initialization (detectron2 only logs them):
+  :func:`check_pretrained_backbone`, run by :class:`AtomicDetectionCheckpointer` whenever the
+  loaded file is such a checkpoint (it has an ``"arch"`` entry). It applies detectron2's own
+  matching rule (with ``matching_heuristics``: a checkpoint key loads into the model key it is the
+  longest dot-separated suffix of, if the shapes agree; without: equal names). Counters
+  (``num_batches_tracked``) are ignored. A last trunk stage the detector does not have at all
+  (:data:`OPTIONAL_TRUNK_MODULES`: ``res5`` for Light Mask R-CNN, which stops at C4; ``stage5``
+  for stage4 mobile detectors) may go unused; a stage the detector has must load completely.
 """
 import glob
+import logging
 import os
 import tempfile
 
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 REMOTE_PREFIXES = ("detectron2://", "http://", "https://")
+# Top-level checkpoint modules (last trunk stages) that a detector may lack entirely.
+OPTIONAL_TRUNK_MODULES = ("res5", "stage5")
+# Keys listed in full in a ValueError; longer lists are cut with a count.
+_MAX_LISTED_KEYS = 12
+
+logger = logging.getLogger(__name__)
 
 
 class AtomicFile:
@@ -71,11 +88,161 @@ def make_writes_atomic(checkpointer):
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
-    """detectron2's checkpointer whose checkpoint and ``last_checkpoint`` writes are atomic."""
+    """detectron2's checkpointer whose checkpoint and ``last_checkpoint`` writes are atomic, and
+    which refuses a classifier checkpoint (one with an ``"arch"`` entry, written by
+    tools/train_classifier.py) that does not fit the detector's trunk
+    (:func:`check_pretrained_backbone`, ``ValueError``). ``strict_pretrained=False`` loads such a
+    file as detectron2 does (mismatches only logged). Detection checkpoints (resume,
+    ``model_final.pth``) are loaded unchanged."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, strict_pretrained=True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.strict_pretrained = bool(strict_pretrained)
         make_writes_atomic(self)
+
+    def load(self, path, *args, **kwargs):
+        self._loading_path = path
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._loading_path = None
+
+    def _load_model(self, checkpoint):
+        if self.strict_pretrained and is_classifier_checkpoint(checkpoint):
+            check_pretrained_backbone(self.model, checkpoint,
+                                      name=getattr(self, "_loading_path", None))
+        return super()._load_model(checkpoint)
+
+
+def check_classifier_weights(model, weights):
+    """:func:`check_pretrained_backbone` of ``model`` against ``weights`` if that is a local ``.pth``
+    classifier checkpoint (tools/train_classifier.py); any other weights (none, a detection
+    checkpoint, a ``.pkl``) pass unchecked. The Trainer runs it before loading ``MODEL.WEIGHTS``,
+    since detectron2's own checkpointer only logs keys it could not match."""
+    if not weights or not weights.endswith(".pth") or not os.path.isfile(weights):
+        return
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    if is_classifier_checkpoint(checkpoint):
+        check_pretrained_backbone(model, checkpoint, name=weights)
+
+
+def is_classifier_checkpoint(checkpoint):
+    """Whether ``checkpoint`` (a loaded dict) was written by tools/train_classifier.py."""
+    return isinstance(checkpoint, dict) and "arch" in checkpoint and "model" in checkpoint
+
+
+def _unwrap(model):
+    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel,
+                                              torch.nn.DataParallel)) else model
+
+
+def trunk_prefixes(model):
+    """Prefixes of ``model``'s state-dict keys that a classifier trunk must fill completely:
+    ``backbone.bottom_up.`` when the backbone wraps a bottom-up network (Light Mask R-CNN's
+    large-kernel neck, FPN), else ``backbone.``; plus ``roi_heads.res5.`` when the ROI heads hold
+    res5 (detectron2's Res5ROIHeads, Mask R-CNN C4)."""
+    model = _unwrap(model)
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise ValueError(f"{type(model).__name__} has no 'backbone'; pass the trunk prefixes")
+    prefixes = ["backbone.bottom_up." if hasattr(backbone, "bottom_up") else "backbone."]
+    if hasattr(getattr(model, "roi_heads", None), "res5"):
+        prefixes.append("roi_heads.res5.")
+    return tuple(prefixes)
+
+
+def _list_keys(keys, limit=_MAX_LISTED_KEYS):
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _is_counter(key):
+    return key.rsplit(".", 1)[-1] == "num_batches_tracked"
+
+
+def check_pretrained_backbone(model, checkpoint, prefixes=None,
+                              optional_modules=OPTIONAL_TRUNK_MODULES, name=None):
+    """Check that a pretrained trunk fills the detector's trunk and is used completely.
+
+    Args:
+        model: the detector (a DDP/DataParallel wrapper is unwrapped).
+        checkpoint: a path (``torch.load``-ed), a loaded checkpoint dict with ``"model"`` (its
+            ``"matching_heuristics"`` decides the matching, as in DetectionCheckpointer), or a
+            bare state dict (matched by suffix).
+        prefixes: model key prefixes whose every tensor must come from the checkpoint (default
+            :func:`trunk_prefixes`).
+        optional_modules: top-level checkpoint modules that may go unused when no model key has
+            a component of that name (default :data:`OPTIONAL_TRUNK_MODULES`).
+        name: how the error names the checkpoint (default: the path, else "the checkpoint").
+    Returns:
+        dict model key -> checkpoint key of every tensor that loads.
+    Raises:
+        ValueError: naming the trunk tensors the checkpoint does not provide ("missing", with the
+            shapes where a key matched with another shape), the checkpoint tensors that load
+            nowhere ("unused"), and checkpoint keys that would load into several model keys.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        name = name or os.fspath(checkpoint)
+        checkpoint = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=False)
+    name = f"'{name}'" if name else "the checkpoint"
+    if "model" in checkpoint and isinstance(checkpoint["model"], dict):
+        ckpt, heuristics = checkpoint["model"], bool(checkpoint.get("matching_heuristics", False))
+    else:
+        ckpt, heuristics = checkpoint, True
+    model = _unwrap(model)
+    prefixes = tuple(prefixes) if prefixes is not None else trunk_prefixes(model)
+    model_state = model.state_dict()
+
+    loaded, wrong_shape, targets = {}, {}, {}
+    for key in model_state:
+        if heuristics:  # detectron2's align_and_update_state_dicts: the longest matching suffix
+            parts = key.split(".")
+            source = next((s for s in (".".join(parts[i:]) for i in range(len(parts)))
+                           if s in ckpt), None)
+        else:
+            source = key if key in ckpt else None
+        if source is None:
+            continue
+        if tuple(ckpt[source].shape) != tuple(model_state[key].shape):
+            wrong_shape[key] = (source, tuple(ckpt[source].shape), tuple(model_state[key].shape))
+            continue
+        loaded[key] = source
+        targets.setdefault(source, []).append(key)
+
+    required = [k for k in model_state if k.startswith(prefixes) and not _is_counter(k)]
+    if not required:
+        raise ValueError(f"{type(model).__name__} has no state under {list(prefixes)}")
+    missing = [k for k in required if k not in loaded]
+    components = {c for k in model_state for c in k.split(".")}
+    unused = [k for k in ckpt if k not in targets and not _is_counter(k)
+              and not (k.split(".", 1)[0] in optional_modules
+                       and k.split(".", 1)[0] not in components)]
+    ambiguous = {k: v for k, v in targets.items() if len(v) > 1}
+
+    problems = []
+    if missing:
+        shapes = [f"{k} (checkpoint {wrong_shape[k][0]} {wrong_shape[k][1]}, model "
+                  f"{wrong_shape[k][2]})" for k in sorted(missing) if k in wrong_shape]
+        problems.append(f"missing backbone keys, not provided by the checkpoint: "
+                        f"{_list_keys(missing)}"
+                        + (f"; shape mismatches: {_list_keys(shapes, 3)}" if shapes else ""))
+    if unused:
+        problems.append(f"unused checkpoint keys, loaded nowhere in the model: {_list_keys(unused)}")
+    if ambiguous:
+        problems.append("checkpoint keys matching several model keys: " + _list_keys(
+            f"{k} -> {' and '.join(v)}" for k, v in ambiguous.items()))
+    if problems:
+        raise ValueError(
+            f"{name} does not fit the trunk of {type(model).__name__} (under {list(prefixes)}): "
+            + "; ".join(problems) + ". Build the detector with the MODEL.RESNETS / "
+            "MODEL.MOBILENET keys the classifier was trained with (the checkpoint's 'resnets', "
+            "'width_mult', 'mobilenet_opts').")
+    skipped = sorted({k.split(".", 1)[0] for k in ckpt if k not in targets and not _is_counter(k)})
+    logger.info(f"Pretrained trunk fits {type(model).__name__}: {len(loaded)} tensors under "
+                f"{list(prefixes)}" + (f"; not used (absent from this detector): {skipped}"
+                                       if skipped else ""))
+    return loaded
 
 
 def existing_checkpoints(output_dir):

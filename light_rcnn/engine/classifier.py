@@ -1,12 +1,34 @@
-"""ImageNet-style classification pre-training of the mobile backbones (tools/train_classifier.py).
+"""ImageNet-style classification pre-training of the backbones (tools/train_classifier.py).
 
 The mobile detectors of this project start from a classifier of the same backbone (as the
-FD-MobileNet paper's VOC detectors start from its ImageNet classifiers). :func:`train_classifier`
+FD-MobileNet paper's VOC detectors start from its ImageNet classifiers), and the ResNet detectors
+(Mask R-CNN R50-C4, Light Mask R-CNN) from a classifier of their ResNet (as the Light Mask R-CNN
+paper starts both from ImageNet ResNet-50; arch ``resnet``, see below). :func:`train_classifier`
 trains one from an image folder (:mod:`light_rcnn.data.image_folder`, which also states the pixel
 convention: BGR 0-255 normalized with the detection configs' PIXEL_MEAN / PIXEL_STD) and writes a
 checkpoint that a detection config's ``MODEL.WEIGHTS`` loads into the bottom-up backbone. It runs
 in every process of a ``launch()``-ed job; several processes train with PyTorch's
 ``DistributedDataParallel`` (GLOO on a CPU-only machine).
+
+ResNet trunks (arch ``resnet``): detectron2's own ``build_resnet_backbone`` builds the stem and
+res2-res5 from a detection config's ``MODEL.RESNETS`` (``config_file`` + ``opts``, e.g.
+``light_rcnn://shapes/mask_rcnn_R_50_C4_shapes.yaml`` for the quarter-width shapes trunk; the
+width comes from the config, so ``width_mult`` must stay 1), and detectron2's ``ResNet(...,
+num_classes=N)`` adds the global average pool and the fc named "linear" (output "linear").
+FrozenBN becomes BN (a classifier trains its BN) and nothing is frozen; the other RESNETS keys
+(depth, widths, STRIDE_IN_1X1, RES5_DILATION) are kept, so the trunk's tensors have the shapes
+of the detector built from the same config. Where they load (matching heuristics, by suffix):
+
+* Mask R-CNN R50-C4 (``mask_rcnn_R_50_C4*.yaml``): ``stem.*``, ``res2.*``-``res4.*`` at
+  ``backbone.``, ``res5.*`` at ``roi_heads.res5.`` (detectron2's Res5ROIHeads): every tensor used.
+* Light Mask R-CNN (``Base-LightRCNN-C4.yaml``, frameworks 1/2): ``stem.*``-``res4.*`` at
+  ``backbone.bottom_up.``; the network stops at C4, so ``res5.*`` is not used (the
+  separated large-kernel neck and the subnet start from scratch, as in the paper).
+
+:func:`light_rcnn.engine.checkpoint.check_pretrained_backbone` checks exactly this and fails
+naming any trunk tensor left out or checkpoint tensor unused. The classifier's input convention
+is fixed (below); a config whose PIXEL_MEAN / PIXEL_STD / INPUT.FORMAT differ gets a warning
+(detectron2's COCO R50 configs use PIXEL_STD [1, 1, 1] for the Caffe2 weights).
 
 Schedules (:data:`SCHEDULES`, :func:`resolve_schedule`; explicitly given values override the
 preset):
@@ -35,12 +57,15 @@ not given, the preset's milestones are scaled by ``epochs / preset_epochs``.
 Checkpoint (``torch.save``, written to a temporary sibling and ``os.replace``-d)::
 
     {"model": backbone state dict without the classifier ("linear.*") and MobileNetV2's
-               1x1 head conv ("head.*"), keys as in the backbone ("stem.0.conv.weight", ...),
+               1x1 head conv ("head.*"), keys as in the backbone ("stem.0.conv.weight", ...;
+               ResNet: "stem.conv1.weight", "res2.0.conv1.weight", ..., "res5.*"),
      "matching_heuristics": True,   # DetectionCheckpointer matches keys by suffix, so the same
                                     # file loads at "backbone.bottom_up." (Light Mask R-CNN) and
-                                    # at "backbone." (plain Faster R-CNN)
-     "arch", "width_mult", "mobilenet_opts", "classes", "epoch" (completed epochs), "top1",
-     "pixel_mean", "pixel_std", "input_format",
+                                    # at "backbone." (plain Faster R-CNN, R50-C4)
+     "arch", "width_mult", "mobilenet_opts" (the ``opts``), "classes", "epoch" (completed
+     epochs), "top1", "pixel_mean", "pixel_std", "input_format",
+     "config_file" (arch resnet: the config given, else ""), "resnets" (arch resnet: the
+     MODEL.RESNETS keys the trunk was built with; None otherwise),
      "classifier": the full state dict (with linear / head), "optimizer", "scheduler"}
 
 ``"model"`` and ``"classifier"`` share tensors, so the file holds them once.
@@ -62,10 +87,11 @@ from fvcore.nn.precise_bn import get_bn_modules, update_bn_stats
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.resnet import ResNet, build_resnet_backbone
 from detectron2.utils import comm
 
 from .. import modeling as _modeling  # noqa: F401  (registers the backbone builders)
-from ..config import get_light_rcnn_cfg
+from ..config import load_config
 from ..data.image_folder import INPUT_FORMAT, PIXEL_MEAN_BGR, PIXEL_STD_BGR, build_image_folder_datasets
 from .checkpoint import AtomicFile
 
@@ -78,14 +104,16 @@ __all__ = [
     "build_classifier",
     "evaluate",
     "export_detection_state",
+    "resnet_spec",
     "resolve_schedule",
     "train_classifier",
 ]
 
 logger = logging.getLogger(__name__)
 
-# arch -> registered BACKBONE builder (light_rcnn/modeling/backbone).
+# arch -> registered BACKBONE builder (light_rcnn/modeling/backbone; "resnet": detectron2's).
 ARCH_BUILDERS = {
+    "resnet": "build_resnet_backbone",
     "fd_mobilenet": "build_fd_mobilenet_backbone",
     "mobilenet_v1": "build_mobilenet_v1_backbone",
     "mobilenet_v2": "build_mobilenet_v2_backbone",
@@ -107,6 +135,10 @@ SCHEDULES = {
 
 # Keys of the classifier that a detection backbone (NUM_CLASSES 0) does not have.
 CLASSIFIER_ONLY_PREFIXES = ("linear.", "head.")
+# MODEL.RESNETS keys that fix the tensors of a ResNet trunk (saved as the checkpoint's "resnets").
+RESNET_SPEC_KEYS = ("DEPTH", "NUM_GROUPS", "WIDTH_PER_GROUP", "STEM_OUT_CHANNELS",
+                    "RES2_OUT_CHANNELS", "STRIDE_IN_1X1", "RES5_DILATION", "NORM",
+                    "DEFORM_ON_PER_STAGE", "DEFORM_MODULATED", "DEFORM_NUM_GROUPS")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,22 +191,75 @@ def resolve_schedule(name: Optional[str] = None, *, caltech: bool = False, **ove
     return Schedule(name=name, **values)
 
 
-def build_classifier(arch: str, width_mult: float, num_classes: int, opts: Sequence = ()):
-    """The registered backbone ``arch`` with a ``num_classes``-way classifier (feature "linear"),
-    built from the same config keys as the detectors (``cfg.MODEL.MOBILENET``), BN, nothing
-    frozen. ``opts``: extra ``KEY VALUE`` pairs (e.g. ``MODEL.MOBILENET.DILATION_RATES``)."""
+def _classifier_cfg(arch: str, width_mult: float, opts: Sequence = (),
+                    config_file: Optional[str] = None):
+    """The config the classifier ``arch`` is built from (see :func:`build_classifier`)."""
     if arch not in ARCH_BUILDERS:
         raise ValueError(f"Unknown arch '{arch}'; expected one of {sorted(ARCH_BUILDERS)}")
-    cfg = get_light_rcnn_cfg()
-    if opts:
-        cfg.merge_from_list(list(opts))
+    if arch != "resnet" and config_file:
+        raise ValueError(f"config_file is read for arch 'resnet' only (got arch '{arch}'); give "
+                         f"mobile backbone options as KEY VALUE opts")
+    if arch == "resnet" and float(width_mult) != 1.0:
+        raise ValueError(f"width_mult {width_mult} with arch 'resnet': the ResNet's width comes "
+                         f"from MODEL.RESNETS (WIDTH_PER_GROUP, RES2_OUT_CHANNELS, "
+                         f"STEM_OUT_CHANNELS) of the config; leave width_mult at 1")
+    cfg = load_config(config_file or None, opts)
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0
+    if arch == "resnet":
+        if cfg.MODEL.RESNETS.NORM == "FrozenBN":
+            cfg.MODEL.RESNETS.NORM = "BN"
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    return cfg
+
+
+def resnet_spec(arch: str, width_mult: float = 1.0, opts: Sequence = (),
+                config_file: Optional[str] = None) -> Optional[Dict]:
+    """The MODEL.RESNETS keys (:data:`RESNET_SPEC_KEYS`) the ``resnet`` classifier is built with;
+    None for the other archs."""
+    if arch != "resnet":
+        return None
+    r = _classifier_cfg(arch, width_mult, opts, config_file).MODEL.RESNETS
+    return {k: (list(r[k]) if isinstance(r[k], (list, tuple)) else r[k]) for k in RESNET_SPEC_KEYS}
+
+
+def build_classifier(arch: str, width_mult: float, num_classes: int, opts: Sequence = (),
+                     config_file: Optional[str] = None):
+    """The registered backbone ``arch`` with a ``num_classes``-way classifier (feature "linear"),
+    built from the same config keys as the detectors, BN, nothing frozen.
+
+    Mobile archs: ``cfg.MODEL.MOBILENET`` with ``WIDTH_MULT = width_mult``. ``resnet``:
+    detectron2's ``build_resnet_backbone`` from ``MODEL.RESNETS`` of ``config_file`` (stem and
+    res2-res5; FrozenBN -> BN), wrapped by detectron2's ``ResNet(..., num_classes)`` (global
+    average pool + fc "linear"); ``width_mult`` must be 1. ``opts``: extra ``KEY VALUE`` pairs
+    merged after ``config_file`` (e.g. ``MODEL.MOBILENET.DILATION_RATES``,
+    ``MODEL.RESNETS.WIDTH_PER_GROUP``).
+    """
+    cfg = _classifier_cfg(arch, width_mult, opts, config_file)
+    if arch == "resnet":
+        trunk = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+        # detectron2's classifier form of the same modules: keys "stem.*", "res2.*".."res5.*",
+        # "linear.*"; output {"linear": (N, num_classes) logits}. out_features stays None (=
+        # ["linear"]): ResNet keeps only the stages up to the last res* named in out_features.
+        return ResNet(trunk.stem, [list(stage) for stage in trunk.stages],
+                      num_classes=int(num_classes), out_features=None, freeze_at=0)
     cfg.MODEL.MOBILENET.WIDTH_MULT = float(width_mult)
     cfg.MODEL.MOBILENET.NUM_CLASSES = int(num_classes)
     cfg.MODEL.MOBILENET.OUT_FEATURES = ["linear"]
     cfg.MODEL.MOBILENET.NORM = "BN"
     cfg.MODEL.MOBILENET.STAGE5_DILATION = 1
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
     return BACKBONE_REGISTRY.get(ARCH_BUILDERS[arch])(cfg, ShapeSpec(channels=3))
+
+
+def _warn_pixel_convention(config_file: Optional[str], opts: Sequence) -> None:
+    """Warn when the detection config normalizes its input otherwise than the classifier."""
+    cfg = load_config(config_file or None, opts)
+    if (cfg.INPUT.FORMAT != INPUT_FORMAT or list(cfg.MODEL.PIXEL_MEAN) != list(PIXEL_MEAN_BGR)
+            or list(cfg.MODEL.PIXEL_STD) != list(PIXEL_STD_BGR)):
+        logger.warning(
+            f"'{config_file}' normalizes its input with INPUT.FORMAT {cfg.INPUT.FORMAT}, "
+            f"PIXEL_MEAN {list(cfg.MODEL.PIXEL_MEAN)}, PIXEL_STD {list(cfg.MODEL.PIXEL_STD)}; the "
+            f"classifier uses {INPUT_FORMAT}, {list(PIXEL_MEAN_BGR)}, {list(PIXEL_STD_BGR)}. Set "
+            f"the detector's to the classifier's when it starts from this checkpoint.")
 
 
 def export_detection_state(classifier_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -250,6 +335,7 @@ def train_classifier(
     log_period: int = 20,
     opts: Sequence = (),
     precise_bn_batches: int = 200,
+    config_file: Optional[str] = None,
 ) -> Dict:
     """Train a classifier; runs in every process of a ``launch()``-ed job. Rank 0 writes
     ``output`` after every epoch.
@@ -268,9 +354,12 @@ def train_classifier(
         num_workers: data loader workers per process.
         seed: seed of this job (process ``r`` uses ``seed + r``).
         log_period: iterations between log lines (0: none).
-        opts: extra backbone ``KEY VALUE`` config pairs, e.g. ``MODEL.MOBILENET.DILATION_RATES``.
+        opts: extra backbone ``KEY VALUE`` config pairs, e.g. ``MODEL.MOBILENET.DILATION_RATES``
+            or ``MODEL.RESNETS.WIDTH_PER_GROUP`` (merged after ``config_file``).
         precise_bn_batches: training batches (at most one epoch's) on which the BN statistics are
             re-estimated before each evaluation and save; 0 keeps the running averages.
+        config_file: arch ``resnet``: the detection config whose ``MODEL.RESNETS`` defines the
+            trunk (path or ``light_rcnn://...``; default: detectron2's defaults, ResNet-50).
     Returns:
         dict with "losses" (this process's per-iteration training losses), "top1" (last
         validation top-1 in % or None), "epoch" (completed epochs), "output" (checkpoint path).
@@ -279,6 +368,9 @@ def train_classifier(
         schedule = resolve_schedule(caltech=bool(caltech_split))
     if precise_bn_batches < 0:
         raise ValueError(f"precise_bn_batches must be >= 0, got {precise_bn_batches}")
+    spec = resnet_spec(arch, width_mult, opts, config_file)  # also validates arch / width
+    if arch == "resnet" and comm.is_main_process():
+        _warn_pixel_convention(config_file, opts)
     if os.path.exists(output) and not resume:
         raise FileExistsError(f"Checkpoint '{output}' already exists; pass --resume to "
                               f"continue it or choose another --output")
@@ -304,7 +396,7 @@ def train_classifier(
                         pin_memory=device.type == "cuda",
                         persistent_workers=num_workers > 0)
 
-    model = build_classifier(arch, width_mult, len(classes), opts).to(device)
+    model = build_classifier(arch, width_mult, len(classes), opts, config_file).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum,
                                 weight_decay=schedule.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(schedule.lr_steps),
@@ -315,6 +407,9 @@ def train_classifier(
         if ckpt.get("arch") != arch or ckpt.get("width_mult") != width_mult:
             raise ValueError(f"'{output}' holds {ckpt.get('arch')} "
                              f"{ckpt.get('width_mult')}x, not {arch} {width_mult}x")
+        if ckpt.get("resnets") != spec:
+            raise ValueError(f"'{output}' holds a ResNet with MODEL.RESNETS {ckpt.get('resnets')}, "
+                             f"not {spec}")
         model.load_state_dict(ckpt["classifier"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -325,7 +420,9 @@ def train_classifier(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    logger.info(f"{arch} {width_mult}x, {len(classes)} classes, {len(train_set)} "
+    size = (f"R{spec['DEPTH']} ({spec['WIDTH_PER_GROUP']}/group, res2 {spec['RES2_OUT_CHANNELS']}, "
+            f"stem {spec['STEM_OUT_CHANNELS']})" if spec else f"{width_mult}x")
+    logger.info(f"{arch} {size}, {len(classes)} classes, {len(train_set)} "
                 f"train / {len(val_set)} val images, schedule {schedule.name}: {schedule.epochs} "
                 f"epochs, batch {schedule.batch_size}, lr {schedule.lr} x{schedule.lr_gamma} at "
                 f"{list(schedule.lr_steps)}, wd {schedule.weight_decay}, {world} process(es) on "
@@ -368,6 +465,8 @@ def train_classifier(
                 "arch": arch,
                 "width_mult": width_mult,
                 "mobilenet_opts": [str(o) for o in opts],
+                "config_file": config_file or "",
+                "resnets": spec,
                 "classes": list(classes),
                 "epoch": epoch + 1,
                 "top1": top1,

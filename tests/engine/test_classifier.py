@@ -243,3 +243,131 @@ def test_missing_and_empty_folders(tmp_path):
     (tmp_path / "no_train").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no_train[/\\]train"):
         run(str(tmp_path / "no_train"))
+
+
+# ------------------------------------------------------------------------------------------------
+# arch "resnet": detectron2's ResNet from a detection config's MODEL.RESNETS
+# ------------------------------------------------------------------------------------------------
+R50_C4_SHAPES = "light_rcnn://shapes/mask_rcnn_R_50_C4_shapes.yaml"
+FRAMEWORK1_SHAPES = "light_rcnn://shapes/light_mask_rcnn_framework1_shapes.yaml"
+# 1/16 of ResNet-50's width (a quarter of the shapes configs' quarter width), full depth.
+TINY_RESNET_OPTS = ["MODEL.RESNETS.WIDTH_PER_GROUP", 4, "MODEL.RESNETS.RES2_OUT_CHANNELS", 16,
+                    "MODEL.RESNETS.STEM_OUT_CHANNELS", 8]
+
+
+@pytest.fixture(scope="module")
+def shapes_crops_folder(tmp_path_factory):
+    from light_rcnn.data.shapes_crops import build_shapes_crops
+
+    return build_shapes_crops(str(tmp_path_factory.mktemp("crops")), train_scenes=12,
+                              val_scenes=6, scene_size=64, crop_size=32)
+
+
+@pytest.fixture(scope="module")
+def resnet_trained(shapes_crops_folder, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cls_resnet") / "resnet.pth")
+    return train_classifier(
+        arch="resnet", config_file=R50_C4_SHAPES, opts=TINY_RESNET_OPTS, data=shapes_crops_folder,
+        output=out, image_size=32, schedule=resolve_schedule(epochs=2, batch_size=8, lr=0.01),
+        precise_bn_batches=2, **_cpu())
+
+
+def test_resnet_classifier_is_detectron2s_resnet():
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import ResNet, build_resnet_backbone
+
+    model = build_classifier("resnet", 1.0, 5, TINY_RESNET_OPTS, R50_C4_SHAPES)
+    assert isinstance(model, ResNet) and model.stage_names == ("res2", "res3", "res4", "res5")
+    model.eval()
+    with torch.no_grad():
+        for h, w in [(32, 32), (48, 40)]:
+            out = model(torch.randn(2, 3, h, w))
+            assert list(out) == ["linear"] and out["linear"].shape == (2, 5)
+    assert model.linear.weight.shape == (5, 16 * 8)  # res5: RES2_OUT_CHANNELS * 8
+    assert all(p.requires_grad for p in model.parameters())  # FREEZE_AT 0
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == 1 + 16 * 3 + 4
+    cfg = load_config(R50_C4_SHAPES, TINY_RESNET_OPTS)
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+    trunk = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    trunk_keys = {k for k in model.state_dict() if not k.startswith("linear.")}
+    assert trunk_keys == set(trunk.state_dict())
+    assert {k: v.shape for k, v in model.state_dict().items() if k in trunk_keys} == \
+        {k: v.shape for k, v in trunk.state_dict().items()}
+
+
+def test_resnet_checkpoint_layout(resnet_trained):
+    ckpt = torch.load(resnet_trained["output"], map_location="cpu")
+    assert ckpt["arch"] == "resnet" and ckpt["epoch"] == 2 and ckpt["matching_heuristics"] is True
+    assert ckpt["config_file"] == R50_C4_SHAPES
+    assert ckpt["resnets"]["WIDTH_PER_GROUP"] == 4 and ckpt["resnets"]["NORM"] == "BN"
+    assert ckpt["classes"] == ["background", "circle", "square", "star", "triangle"]
+    assert all(np.isfinite(resnet_trained["losses"])) and len(resnet_trained["losses"]) > 0
+    tops = {k.split(".")[0] for k in ckpt["model"]}
+    assert tops == {"stem", "res2", "res3", "res4", "res5"}  # no "linear"
+    assert ckpt["classifier"]["linear.weight"].shape == (5, 128)
+
+
+@pytest.mark.parametrize("config, prefixes", [
+    # detectron2's C4 Mask R-CNN: stem..res4 in the backbone, res5 in the ROI heads
+    (R50_C4_SHAPES, {"stem": "backbone.", "res2": "backbone.", "res3": "backbone.",
+                     "res4": "backbone.", "res5": "roi_heads."}),
+    # Light Mask R-CNN stops at C4: res5 stays unused
+    (FRAMEWORK1_SHAPES, {"stem": "backbone.bottom_up.", "res2": "backbone.bottom_up.",
+                         "res3": "backbone.bottom_up.", "res4": "backbone.bottom_up."}),
+])
+def test_resnet_checkpoint_loads_into_both_shapes_detectors(resnet_trained, config, prefixes):
+    from light_rcnn.engine.checkpoint import AtomicDetectionCheckpointer
+
+    cfg = load_config(config, TINY_RESNET_OPTS + ["MODEL.WEIGHTS", resnet_trained["output"]])
+    model = build_model(cfg)
+    AtomicDetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)  # strict: raises on any misfit
+    ckpt = torch.load(resnet_trained["output"], map_location="cpu")["model"]
+    state = model.state_dict()
+    expected = {prefixes[k.split(".")[0]] + k: k for k in ckpt if k.split(".")[0] in prefixes}
+    trunk = {k for k in state if k.startswith(tuple(set(prefixes.values())))
+             and k.split(".")[1 + k.startswith("backbone.bottom_up.")] in prefixes}
+    assert set(expected) == trunk  # every trunk tensor of the detector comes from the checkpoint
+    for model_key, key in expected.items():
+        assert torch.equal(state[model_key], ckpt[key]), model_key
+    assert not any("res5" in k for k in state) or "res5" in prefixes
+
+
+def test_resnet_arguments_refused(resnet_trained, shapes_crops_folder, tmp_path):
+    with pytest.raises(ValueError, match="leave width_mult at 1"):
+        build_classifier("resnet", 0.5, 5, (), R50_C4_SHAPES)
+    with pytest.raises(ValueError, match="config_file is read for arch 'resnet' only"):
+        build_classifier("fd_mobilenet", 0.25, 5, (), R50_C4_SHAPES)
+    other = str(tmp_path / "resumed.pth")
+    with open(resnet_trained["output"], "rb") as src, open(other, "wb") as dst:
+        dst.write(src.read())
+    wider = TINY_RESNET_OPTS[:1] + [8] + TINY_RESNET_OPTS[2:]
+    with pytest.raises(ValueError, match="MODEL.RESNETS"):
+        train_classifier(arch="resnet", config_file=R50_C4_SHAPES, opts=wider,
+                         data=shapes_crops_folder, output=other, image_size=32, resume=True,
+                         schedule=resolve_schedule(epochs=3, batch_size=8, lr=0.01), **_cpu())
+
+
+def test_command_line_resnet(train_classifier_tool, capsys):
+    tool = train_classifier_tool
+    args = tool.argument_parser().parse_args(
+        ["--arch", "resnet", "--config-file", R50_C4_SHAPES, "--data", "x", "--output", "y",
+         "MODEL.RESNETS.WIDTH_PER_GROUP", "4"])
+    assert args.config_file == R50_C4_SHAPES and args.opts == ["MODEL.RESNETS.WIDTH_PER_GROUP", "4"]
+    for argv, message in [(["--arch", "fd_mobilenet", "--config-file", R50_C4_SHAPES],
+                           "--config-file is read with --arch resnet only"),
+                          (["--arch", "resnet", "--width-mult", "0.5"], "leave --width-mult at 1")]:
+        with pytest.raises(SystemExit):
+            tool.main(argv + ["--data", "x", "--output", "y"])
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["COCO-InstanceSegmentation/light_mask_rcnn_fd_mobilenet_1x.yaml",
+                                    "PascalVOC-Detection/faster_rcnn_fd_mobilenet_0.25x.yaml"])
+def test_mobile_checkpoint_passes_the_strict_check(trained, config, config_file):
+    """A mobile classifier fits its detectors under the strict check too (stage5, which the
+    stage4 detectors drop, may stay unused)."""
+    from light_rcnn.engine.checkpoint import check_pretrained_backbone
+
+    cfg = load_config(config_file(config), ["MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.DEVICE", "cpu"])
+    loaded = check_pretrained_backbone(build_model(cfg), trained["output"])
+    assert loaded and all("stage5" not in k for k in loaded.values())
