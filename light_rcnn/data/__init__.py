@@ -5,7 +5,12 @@ catalogs (generated lazily on first ``DatasetCatalog.get``), and nothing else.
   :class:`CheckedDatasetMapper`); the decisions for broken inputs are in its docstring.
 * :mod:`.shapes_meta` -- what the shapes set is (class names, default splits, cache layout).
 * :mod:`.shapes` -- the shapes generator (``python -m light_rcnn.data.shapes``).
-* :mod:`.kitti` -- KITTI's ``kitti_train`` / ``kitti_val`` (registered only on request).
+* :mod:`.kitti` -- KITTI's ``kitti_train`` / ``kitti_val`` (registered only on request);
+  :mod:`.kitti_labels` -- KITTI label_2 -> COCO JSON (``datasets/prepare_kitti.py``).
+* :mod:`.shapes_layouts` -- the shapes scenes in Pascal VOC and KITTI layouts
+  (``shapes_voc_*``, ``shapes_kitti_*``, registered when a config names them).
+* :mod:`.shapes_crops` -- a classification set of shape crops and background patches
+  (``python -m light_rcnn.data.shapes_crops``).
 * :mod:`.builtin` -- registration of the built-in sets.
 * :mod:`.image_folder` -- ImageFolder-style classification data (``tools/train_classifier.py``).
 """
