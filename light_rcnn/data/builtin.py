@@ -7,13 +7,11 @@ only when a split is first loaded, so ``python -m light_rcnn.data.shapes`` runs 
 defaults; KITTI and the shapes set's VOC / KITTI layouts (:mod:`light_rcnn.data.shapes_layouts`)
 are registered only on request (:func:`register_builtin_datasets`).
 """
-import os
-
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 from detectron2.data.datasets import register_pascal_voc
 
-from .dataset_checks import register_coco_instances_checked
-from .kitti import KITTI_SPLITS, register_kitti_datasets
+from .dataset_checks import register_coco_instances_checked, unregister_dataset
+from .kitti import KITTI_SPLITS, register_kitti_datasets, register_kitti_folder
 from .shapes_meta import (
     CLASS_NAMES,
     DEFAULT_IMAGE_SIZE,
@@ -54,7 +52,7 @@ def _register(root, image_size, seed, sizes, generate_now=False):
         num = int(sizes[name])
         split_seed = seed + seed_offset
         json_file, image_root = shapes_split_paths(root, split, num, image_size, split_seed)
-        _replace(name)
+        unregister_dataset(name)
         generate = _Generate(root, split, num, image_size, split_seed)
         register_coco_instances_checked(
             name,
@@ -104,13 +102,6 @@ def _shapes_params(cfg):
     return root, int(image_size), int(seed), sizes
 
 
-def _replace(name):
-    if name in DatasetCatalog:
-        DatasetCatalog.remove(name)
-    if name in MetadataCatalog:
-        MetadataCatalog.remove(name)
-
-
 def register_shapes_voc_datasets(cfg=None):
     """Write (once) the shapes splits of ``cfg.DATASETS.SHAPES`` in Pascal VOC 2007 layout and
     register ``shapes_voc_train`` / ``shapes_voc_test`` with detectron2's ``register_pascal_voc``
@@ -120,7 +111,7 @@ def register_shapes_voc_datasets(cfg=None):
 
     dirname = write_voc_layout(*_shapes_params(cfg))
     for name, split in VOC_DATASETS.items():
-        _replace(name)
+        unregister_dataset(name)
         register_pascal_voc(name, dirname, split, 2007, CLASS_NAMES)
         MetadataCatalog.get(name).evaluator_type = "pascal_voc"
     return dirname
@@ -133,10 +124,7 @@ def register_shapes_kitti_datasets(cfg=None):
     from .shapes_layouts import write_kitti_layout
 
     kitti = write_kitti_layout(*_shapes_params(cfg))
-    for name, split in KITTI_DATASETS.items():
-        _replace(name)
-        register_coco_instances_checked(name, {}, os.path.join(kitti, "annotations", f"kitti_{split}.json"),
-                                        os.path.join(kitti, "training", "image_2"))
+    register_kitti_folder(kitti, KITTI_DATASETS)
     return kitti
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "load_coco_instances_checked",
     "register_coco_instances_checked",
     "register_coco_sets",
+    "unregister_dataset",
     "CheckedDatasetMapper",
     "is_degenerate_bbox",
 ]
@@ -141,6 +142,15 @@ def load_coco_instances_checked(json_file, image_root, name=None):
             f"from '{json_file}'."
         )
     return dicts
+
+
+def unregister_dataset(name):
+    """Remove ``name`` from detectron2's DatasetCatalog and MetadataCatalog (if there), so it can
+    be registered again with other files."""
+    if name in DatasetCatalog:
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog:
+        MetadataCatalog.remove(name)
 
 
 def register_coco_instances_checked(name, metadata, json_file, image_root, before_load=None):

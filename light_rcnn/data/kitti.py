@@ -14,14 +14,12 @@ evaluation is COCO-style box AP.
 """
 import os
 
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from .dataset_checks import register_coco_instances_checked, unregister_dataset
 
-from .dataset_checks import register_coco_instances_checked
+__all__ = ["KITTI_SPLITS", "register_kitti_datasets", "register_kitti_folder"]
 
-__all__ = ["KITTI_SPLITS", "register_kitti_datasets"]
-
-# data set name -> annotation file name written by datasets/prepare_kitti.py
-KITTI_SPLITS = {"kitti_train": "kitti_train.json", "kitti_val": "kitti_val.json"}
+# data set name -> split (annotations/kitti_<split>.json written by datasets/prepare_kitti.py)
+KITTI_SPLITS = {"kitti_train": "train", "kitti_val": "val"}
 
 
 def register_kitti_datasets(root=None):
@@ -29,14 +27,16 @@ def register_kitti_datasets(root=None):
     ``$DETECTRON2_DATASETS``, else ``datasets``). Re-registering replaces the earlier entries."""
     if root is None:
         root = os.getenv("DETECTRON2_DATASETS", "datasets")
-    kitti = os.path.join(os.path.expanduser(root), "kitti")
-    for name, json_name in KITTI_SPLITS.items():
-        if name in DatasetCatalog:
-            DatasetCatalog.remove(name)
-        if name in MetadataCatalog:
-            MetadataCatalog.remove(name)
-        register_coco_instances_checked(
-            name, {}, os.path.join(kitti, "annotations", json_name),
-            os.path.join(kitti, "training", "image_2"),
-        )
+    register_kitti_folder(os.path.join(os.path.expanduser(root), "kitti"), KITTI_SPLITS)
 
+
+def register_kitti_folder(kitti_root, names):
+    """Register each ``{data set name: split}`` of ``names`` from a KITTI folder converted by
+    ``datasets/prepare_kitti.py``: ``<kitti_root>/annotations/kitti_<split>.json`` with images in
+    ``<kitti_root>/training/image_2``. Re-registering replaces the earlier entries."""
+    for name, split in names.items():
+        unregister_dataset(name)
+        register_coco_instances_checked(
+            name, {}, os.path.join(kitti_root, "annotations", f"kitti_{split}.json"),
+            os.path.join(kitti_root, "training", "image_2"),
+        )

@@ -81,6 +81,14 @@ def _scenes(root, image_size, seed, sizes):
     return scenes
 
 
+def _write_id_lists(folder, split_names, scenes):
+    """``<folder>/<split>.txt`` for the i-th of ``split_names``: the ids of the scenes of shapes
+    split i (train, then val), one a line."""
+    for split_index, split in enumerate(split_names):
+        with open(os.path.join(folder, f"{split}.txt"), "w") as f:
+            f.write("".join(f"{scene[1]}\n" for scene in scenes if scene[0] == split_index))
+
+
 def _layout_dir(root, kind, image_size, seed, sizes):
     counts = "-".join(str(int(sizes[name])) for name in DEFAULT_SPLITS)
     return os.path.join(root, f"shapes_{kind}_{int(image_size)}px_seed{int(seed)}_n{counts}")
@@ -132,14 +140,10 @@ def write_voc_layout(root, image_size, seed, sizes):
         voc = os.path.join(tmp, "VOC2007")
         for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
             os.makedirs(os.path.join(voc, sub))
-        ids = {split: [] for split in VOC_DATASETS.values()}
-        for split_index, image_id, path, height, width, boxes in scenes:
+        for _, image_id, path, height, width, boxes in scenes:
             shutil.copyfile(path, os.path.join(voc, "JPEGImages", f"{image_id}.jpg"))
             _voc_xml(image_id, height, width, boxes).write(os.path.join(voc, "Annotations", f"{image_id}.xml"))
-            ids[list(VOC_DATASETS.values())[split_index]].append(image_id)
-        for split, split_ids in ids.items():
-            with open(os.path.join(voc, "ImageSets", "Main", f"{split}.txt"), "w") as f:
-                f.write("".join(f"{i}\n" for i in split_ids))
+        _write_id_lists(os.path.join(voc, "ImageSets", "Main"), VOC_DATASETS.values(), scenes)
 
     return os.path.join(build_directory_once(target, _params("voc", image_size, seed, sizes), write), "VOC2007")
 
@@ -164,17 +168,13 @@ def write_kitti_layout(root, image_size, seed, sizes):
         split_dir = os.path.join(tmp, "splits")
         for folder in (image_dir, label_dir, split_dir):
             os.makedirs(folder)
-        ids = {split: [] for split in KITTI_DATASETS.values()}
-        for split_index, image_id, path, height, width, boxes in scenes:
+        for _, image_id, path, height, width, boxes in scenes:
             image = cv2.imread(path, cv2.IMREAD_COLOR)
             if image is None or not cv2.imwrite(os.path.join(image_dir, f"{image_id}.png"), image):
                 raise OSError(f"could not convert {path} to {os.path.join(image_dir, image_id + '.png')}")
             with open(os.path.join(label_dir, f"{image_id}.txt"), "w") as f:
                 f.writelines(_kitti_line(*box, height, width) for box in boxes)
-            ids[list(KITTI_DATASETS.values())[split_index]].append(image_id)
-        for split, split_ids in ids.items():
-            with open(os.path.join(split_dir, f"{split}.txt"), "w") as f:
-                f.write("".join(f"{i}\n" for i in split_ids))
+        _write_id_lists(split_dir, KITTI_DATASETS.values(), scenes)
         convert_kitti_labels(["--root", tmp, "--split-dir", split_dir, "--classes", *KITTI_CLASSES])
 
     return build_directory_once(target, _params("kitti", image_size, seed, sizes), write)
