@@ -61,6 +61,11 @@ def add_light_rcnn_config(cfg):
     _C.MODEL.LIGHT_HEAD.NORM = ""
     # Average-pooling window (= stride) of the box branch: 7 -> 2x2xC_out vector, 14 -> 1x1xC_out.
     _C.MODEL.LIGHT_HEAD.BOX_POOL_SIZE = 7
+    # Train with ROIAlign computed as two matrix products (modeling/separable_roi_align.py): same
+    # values as torchvision's kernel, but its backward runs on every CPU core instead of one
+    # scalar loop. Inference and export always use torchvision's ROIAlign. Memory grows with
+    # ROIs x 14 x C x W per image, so it is on for the CPU/shapes configs only.
+    _C.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN = False
 
     # ---------------------------------------------------------------------------------------
     # Optimizer choice (light_rcnn.engine.Trainer.build_optimizer)

@@ -26,7 +26,7 @@ from .data import register_builtin_datasets
 from .engine import Trainer, check_output_dir, check_weights
 from .engine.predictor import Predictor
 
-DEFAULT_DEMO_CONFIG = "light_rcnn://shapes/light_mask_rcnn_framework1_shapes.yaml"
+DEFAULT_DEMO_CONFIG = "light_rcnn://shapes/light_mask_rcnn_fd_mobilenet_iou_loss_shapes.yaml"
 # The AP figures :func:`run_demo_seeds` aggregates, per task.
 SEED_SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

@@ -13,8 +13,11 @@ from light_rcnn.demo import DEFAULT_DEMO_CONFIG, _run_log, format_summary, run_d
 
 
 @pytest.fixture
-def demo_opts(shapes_root, tiny_resnet, tiny_sizes, tiny_shapes_opts):
-    return tiny_resnet + tiny_sizes + tiny_shapes_opts(shapes_root) + [
+def demo_opts(shapes_root, tiny_sizes, tiny_shapes_opts):
+    # The demo model (FD-MobileNet) narrowed to a quarter of its width, thin map 16, subnet 8 -> 16.
+    return tiny_sizes + tiny_shapes_opts(shapes_root) + [
+        "MODEL.MOBILENET.WIDTH_MULT", 0.25, "MODEL.SLK.MID_CHANNELS", 16, "MODEL.SLK.OUT_CHANNELS", 16,
+        "MODEL.LIGHT_HEAD.CONV_DIMS", [8, 16], "MODEL.ROI_MASK_HEAD.CONV_DIM", 8,
         "SOLVER.MAX_ITER", 6, "SOLVER.IMS_PER_BATCH", 2, "SOLVER.STEPS", (), "SOLVER.WARMUP_ITERS", 2,
         "SOLVER.CHECKPOINT_PERIOD", 100, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0,
     ]
@@ -112,3 +115,14 @@ def test_demo_refuses_an_earlier_runs_folder(demo_opts, tmp_path):
 def test_summary_formats_missing_results_as_nan():
     text = format_summary({"bbox": {"AP": 12.345}}, {"total": 3.2}, "/tmp/x", "/tmp/x/p.png")
     assert "bbox  AP  12.3" in text and "segm  AP   nan" in text and "total 3 s" in text
+
+
+def test_the_default_demo_is_fd_mobilenet_with_the_iou_mask_loss():
+    from light_rcnn import load_config
+
+    cfg = load_config(DEFAULT_DEMO_CONFIG)
+    assert cfg.MODEL.SLK.BOTTOM_UP == "build_fd_mobilenet_backbone" and cfg.MODEL.MOBILENET.WIDTH_MULT == 1.0
+    assert cfg.MODEL.ROI_MASK_HEAD.NAME == "IoUMaskRCNNConvUpsampleHead" and cfg.MODEL.MASK_LOSS.TYPE == "BCE+IOU"
+    # the schedule and evaluation of every shapes model (the results tables compare them)
+    assert (cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, cfg.DATASETS.TEST) == (4200, 4, ("shapes_val",))
+    assert cfg.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN and cfg.MODEL.RPN.POST_NMS_TOPK_TEST == 100

@@ -2,7 +2,7 @@
 """`make demo`: generate the shapes data set, train the demo model on the CPU, evaluate it with
 COCOEvaluator, draw predicted masks on validation images and print a summary.
 
-    python tools/demo.py                                  # the default demo (framework 1, shapes)
+    python tools/demo.py                                  # the default demo (FD-MobileNet + IoU loss, shapes)
     python tools/demo.py --config-file CFG [KEY VALUE ...]
     python tools/demo.py --seeds 0 1 2                    # one run per seed, then mean +- std, min
 """

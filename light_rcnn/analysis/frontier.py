@@ -6,7 +6,8 @@ Inputs (what is read from each file; anything else in it is ignored):
 
 * ``seeds_summary.json`` of ``tools/demo.py --seeds`` (:func:`light_rcnn.demo.run_demo_seeds`), one
   per config: ``config_file``, ``summary.<segm|bbox>.AP.{mean, std, n}`` (a task the run did not
-  evaluate is absent: listed as "-"), ``per_seed`` (its keys: the seeds) and ``opts``;
+  evaluate is absent: listed as "-"), ``per_seed`` (its keys: the seeds), ``opts`` and, optionally,
+  ``command`` (how runs not made by one ``tools/demo.py --seeds`` command were, shown instead);
 * ``benchmark.json`` of ``tools/benchmark.py`` (:func:`light_rcnn.analysis.benchmark.run_benchmark`):
   ``task`` (must be "inference"), ``settings.image_size`` / ``settings.dataset``, ``precision``,
   ``environment.{device, torch_num_threads, command_line}`` and per entry of ``models`` ``status``,
@@ -143,6 +144,7 @@ class SeedSummary:
     ap: Dict[str, Dict[str, float]]  # task -> {"mean", "std", "n"} of COCO AP
     seeds: List[str] = field(default_factory=list)
     opts: List[str] = field(default_factory=list)
+    given_command: Optional[str] = None
 
     @property
     def key(self):
@@ -150,6 +152,8 @@ class SeedSummary:
 
     @property
     def command(self):
+        if self.given_command:
+            return self.given_command
         args = ["tools/demo.py", "--config-file", self.config_file]
         args += (["--seeds", *self.seeds] if self.seeds else []) + ["--output-dir", os.path.dirname(self.path) or "."]
         return " ".join(shlex.quote(a) for a in args + list(self.opts))
@@ -169,7 +173,8 @@ def load_summary(path) -> SeedSummary:
         m["std"] = float("nan") if m["std"] is None else float(m["std"])
         ap[task] = m
     seeds = [str(s) for s in (data.get("per_seed") or {})]
-    return SeedSummary(path, config_file, ap, seeds, [str(o) for o in data.get("opts") or []])
+    command = _get(data, ["command"], path, SUMMARY_WHAT, str) if "command" in data else None
+    return SeedSummary(path, config_file, ap, seeds, [str(o) for o in data.get("opts") or []], command)
 
 
 @dataclass

@@ -21,6 +21,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 import fvcore.nn.weight_init as weight_init
 from torch import nn
 
+from .separable_roi_align import SeparableROIPooler
+
 
 @ROI_BOX_HEAD_REGISTRY.register()
 class LightRCNNSubnetHead(nn.Module):
@@ -123,7 +125,8 @@ class LightRCNNROIHeads(Res5ROIHeads):
         if len(in_features) != 1:
             raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES={in_features}: LightRCNNROIHeads reads one feature map")
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        ret["pooler"] = ROIPooler(
+        pooler_class = SeparableROIPooler if cfg.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN else ROIPooler
+        ret["pooler"] = pooler_class(
             output_size=resolution,
             scales=(1.0 / input_shape[in_features[0]].stride,),
             sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,

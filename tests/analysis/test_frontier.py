@@ -226,6 +226,22 @@ def test_missing_keys_are_named_with_the_file(inputs, tmp_path):
         load_latency(inputs.fw1)
 
 
+def test_a_summary_may_say_how_its_runs_were_made(inputs, tmp_path):
+    with open(inputs.fd) as f:
+        record = json.load(f)
+    record["command"] = "per seed s: tools/train_net.py ... SEED s"
+    given = tmp_path / "given" / "seeds_summary.json"
+    given.parent.mkdir()
+    given.write_text(json.dumps(record))
+    text = plot_frontier([str(given)], [inputs.bench], str(tmp_path / "out"))["text"]
+    assert f"- S1: `{given}` (tools/demo.py --seeds): `per seed s: tools/train_net.py ... SEED s`" in text.splitlines()
+    record["command"] = ["tools/train_net.py"]
+    given.write_text(json.dumps(record))
+    with pytest.raises(FrontierInputError, match=re.escape(f"{given}: 'command' is [\"tools/train_net.py\"], "
+                                                           "expected a str")):
+        plot_frontier([str(given)], [], str(tmp_path / "out"))
+
+
 def config_file_of(summary_path):
     with open(summary_path) as f:
         return json.load(f)["config_file"]
