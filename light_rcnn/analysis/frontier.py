@@ -433,49 +433,12 @@ def markdown_report(rows, files, metric, settings, warnings, png_name="frontier.
 
 
 def draw_frontier(rows, metric, settings, path, mixed=False):
-    """``frontier.png``: per plotted config the eager point with its seed std as error bar, the fastest
-    exported runtime joined to it, labels, and the Pareto frontier as a step line (Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+    """``frontier.png`` of the rows (see :func:`light_rcnn.analysis.frontier_figure.draw_points`)."""
+    from .frontier_figure import draw_points
 
-    fig = Figure(figsize=(9, 6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(111)
-    colors = ["#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#9c755f", "#edc948",
-              "#ff9da7", "#bab0ac"]
-    plotted = [(r, r.point(metric)) for r in rows if r.point(metric)]
-    for i, (r, (x, y, std, xb, yb)) in enumerate(plotted):
-        c = colors[i % len(colors)]
-        ax.errorbar([x], [y], yerr=[std] if math.isfinite(std) else None, fmt="o", color=c, ms=7, capsize=4, zorder=3)
-        ax.annotate(r.label, (x, y), xytext=(7, 6), textcoords="offset points", fontsize=8, color=c)
-        if xb is not None:
-            ax.plot([x, xb], [y, yb], "--", color=c, lw=1.2, zorder=2)
-            ax.plot([xb], [yb], "D", color=c, ms=6, mfc="white", mew=1.8, zorder=3)
-            ax.annotate(f"{r.best.name} {xb:.0f} ms", (xb, yb), xytext=(7, -11), textcoords="offset points",
-                        fontsize=7, color=c)
-    front = pareto(_points(rows, metric))
-    if front:
-        xs, ys = [p[0] for p in front], [p[1] for p in front]
-        ax.step(xs + [max(xs) * 1.1], ys + [ys[-1]], where="post", color="0.55", lw=1, ls=":", zorder=1)
-    if plotted:
-        all_x = [p[0] for p in _points(rows, metric)]
-        ax.set_xlim(0, max(all_x) * 1.3)
-        ax.legend(handles=[Line2D([], [], marker="o", color="0.3", ls="", label="eager (error bar: std over seeds)"),
-                           Line2D([], [], marker="D", color="0.3", mfc="white", ls="--",
-                                  label="fastest exported runtime (AP + its ΔAP vs eager)"),
-                           Line2D([], [], color="0.55", ls=":", label="Pareto frontier")],
-                  fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
-    else:
-        ax.text(0.5, 0.5, f"no config has both a {metric} AP summary and a latency", ha="center",
-                transform=ax.transAxes)
+    plotted = [(r.label, r.point(metric), r.best.name if r.best else None) for r in rows if r.point(metric)]
     where = "mixed settings" if mixed else (describe_settings(settings) if settings else "")
-    ax.set_xlabel("latency per image, p50 (ms)" + (f"  [{where}]" if where else ""), fontsize=9)
-    ax.set_ylabel(f"{metric} AP (COCO, mean over seeds)")
-    ax.set_title(f"Speed-accuracy frontier: {metric} AP vs latency", fontsize=11)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    draw_points(plotted, pareto(_points(rows, metric)), metric, where, path)
 
 
 def plot_frontier(summary_paths, latency_paths=(), output_dir="output/frontier", metric="segm",
