@@ -4,7 +4,7 @@ import math
 # Labels closer than this (fraction of the axis height) at overlapping x are moved apart.
 LABEL_GAP = 0.045
 COLORS = ["#4e79a7", "#e15759", "#59a14f", "#f28e2b", "#b07aa1", "#76b7b2", "#9c755f", "#edc948", "#ff9da7",
-          "#bab0ac"]
+          "#bab0ac", "#1b9e77", "#7570b3"]
 
 
 def spread_labels(points, y_range, x_range, gap=LABEL_GAP, label_width=0.35):
@@ -47,8 +47,8 @@ def draw_points(plotted, front, metric, where, path):
         if xb is not None:
             ax.plot([x, xb], [y, yb], "--", color=c, lw=1.2, zorder=2)
             ax.plot([xb], [yb], "D", color=c, ms=6, mfc="white", mew=1.8, zorder=3)
-            ax.annotate(f"{best_name} {xb:.1f} ms", (xb, yb), xytext=(7, -11), textcoords="offset points",
-                        fontsize=7, color=c)
+            ax.annotate(f"{best_name} {xb:.1f} ms", (xb, yb), xytext=(-6, -12), textcoords="offset points",
+                        fontsize=7, color=c, ha="right")
     if front:
         fx, fy = [p[0] for p in front], [p[1] for p in front]
         ax.step(fx + [max(fx) * 1.1], fy + [fy[-1]], where="post", color="0.55", lw=1, ls=":", zorder=1)
