@@ -97,8 +97,8 @@ def separable_roi_align(
     if not aligned:  # torchvision's legacy rule: ROIs of at least one cell
         roi_width = roi_width.clamp(min=1.0)
         roi_height = roi_height.clamp(min=1.0)
-    weights_y = _axis_weights(boxes[:, 1], roi_height, height, pooled, sampling_ratio)
-    weights_x = _axis_weights(boxes[:, 0], roi_width, width, pooled, sampling_ratio)
+    weights_y = _axis_weights(boxes[:, 1], roi_height, height, pooled, sampling_ratio).to(features.dtype)
+    weights_x = _axis_weights(boxes[:, 0], roi_width, width, pooled, sampling_ratio).to(features.dtype)
 
     batch_index = rois[:, 0].long()
     order = None

@@ -88,3 +88,12 @@ def test_wraps_only_square_roialign():
         SeparableROIAlign(ROIAlign((7, 14), 1 / 16, 0))
     with pytest.raises(TypeError, match="wraps detectron2's ROIAlign"):
         SeparableROIAlign(torch.nn.Identity())
+
+
+def test_double_features_with_float_rois():
+    features = torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    rois = torch.tensor([[0.0, 10, 12, 90, 100]])
+    got = separable_roi_align(features, rois, 7, 1 / 16, 2, True)
+    assert got.dtype == torch.float64  # the interpolation weights follow the features' dtype
+    # (computed from float32 ROIs, so equal to float32 rounding)
+    torch.testing.assert_close(got, roi_align(features, rois.double(), 7, 1 / 16, 2, True), rtol=0, atol=1e-5)
