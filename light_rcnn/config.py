@@ -64,7 +64,8 @@ def add_light_rcnn_config(cfg):
     # Train with ROIAlign computed as two matrix products (modeling/separable_roi_align.py): same
     # values as torchvision's kernel, but its backward runs on every CPU core instead of one
     # scalar loop. Inference and export always use torchvision's ROIAlign. Memory grows with
-    # ROIs x 14 x C x W per image, so it is on for the CPU/shapes configs only.
+    # ROIs x 14 x C x W per image, so it is on for the CPU/shapes configs only. Read by
+    # LightRCNNROIHeads and ThinRes5ROIHeads (not by detectron2's own ROI heads).
     _C.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN = False
 
     # ---------------------------------------------------------------------------------------

@@ -207,7 +207,15 @@ class ThinRes5ROIHeads(Res5ROIHeads):
                 f"ThinRes5ROIHeads reads {cfg.MODEL.ROI_HEADS.IN_FEATURES[0]!r} with {thin} channels but "
                 f"MODEL.SLK.OUT_CHANNELS={cfg.MODEL.SLK.OUT_CHANNELS}; use it on the large-kernel neck's output"
             )
-        return super().from_config(cfg, input_shape)
+        ret = super().from_config(cfg, input_shape)
+        if cfg.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN:  # the same pooling as Res5ROIHeads', trained as matrix products
+            ret["pooler"] = SeparableROIPooler(
+                output_size=cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+                scales=(1.0 / input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].stride,),
+                sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+                pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+            )
+        return ret
 
     @classmethod
     def _build_res5_block(cls, cfg):

@@ -218,3 +218,26 @@ def test_light_roi_heads_pinned_detections(light_cfg, box_mask_targets, single_t
     # mask probabilities of the top detection (28 x 28, its predicted class)
     assert top.pred_masks.shape == (3, 1, 28, 28)
     assert top.pred_masks[0].mean().item() == pytest.approx(0.4874, abs=1e-4)
+
+
+@pytest.mark.parametrize("roi_heads", ["LightRCNNROIHeads", "ThinRes5ROIHeads"])
+def test_separable_roi_align_trains_the_same_model(light_cfg, box_mask_targets, single_thread, roi_heads):
+    """MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN swaps the pooler of both light ROI heads; same weights,
+    same batch -> the same losses and the same gradients up to float rounding."""
+    runs = []
+    for separable in (False, True):
+        torch.manual_seed(0)
+        model = build_model(light_cfg("MODEL.ROI_HEADS.NAME", roi_heads, "MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN", separable))
+        assert (type(model.roi_heads.pooler).__name__ == "SeparableROIPooler") == separable
+        model.train()
+        torch.manual_seed(1)
+        with EventStorage():
+            losses = model(_batch(box_mask_targets))
+        sum(losses.values()).backward()
+        runs.append(({k: v.item() for k, v in losses.items()},
+                     model.backbone.branch_a[0].weight.grad.clone()))
+    (plain, grad_plain), (separable, grad_separable) = runs
+    assert plain.keys() == separable.keys()
+    for k in plain:
+        assert separable[k] == pytest.approx(plain[k], abs=1e-5), k
+    torch.testing.assert_close(grad_separable, grad_plain, rtol=1e-3, atol=1e-6)
