@@ -14,13 +14,13 @@ trunk loads: light_rcnn/engine/classifier.py).
         --data /data/caltech101/101_ObjectCategories --caltech-split 2000 \
         --output output/cls/dilated_mobilenet_v2_caltech101.pth
     # the quarter-width ResNet-50 of the shapes configs (Mask R-CNN R50-C4 and Light Mask R-CNN
-    # framework 1 both load it), on crops of generated shapes scenes (schedule: an example, not
-    # a tuned recipe)
-    python -m light_rcnn.data.shapes_crops --root ~/.cache/light_rcnn/datasets   # prints the folder
+    # framework 1 both load it), on crops of generated shapes scenes (the schedule measured in
+    # RESULTS.md, "Framework 1 from a trunk pre-trained on shape crops"; 30 epochs at lr 0.05 did not learn)
+    python -m light_rcnn.data.shapes_crops --train-scenes 400 --val-scenes 100   # prints the folder
     python tools/train_classifier.py --arch resnet \
         --config-file light_rcnn://shapes/mask_rcnn_R_50_C4_shapes.yaml \
-        --data FOLDER --image-size 64 --epochs 30 --batch-size 64 --lr 0.05 \
-        --output output/cls/resnet50_quarter_shapes.pth
+        --data FOLDER --image-size 64 --epochs 60 --batch-size 32 --lr 0.01 --lr-steps 40 55 \
+        --num-workers 0 --output output/cls/resnet50_quarter_shapes.pth
     # continue an interrupted run
     python tools/train_classifier.py ... --output output/cls/fd_mobilenet_1x.pth --resume
     # then: python tools/train_net.py --config-file CFG MODEL.WEIGHTS output/cls/fd_mobilenet_1x.pth
