@@ -24,6 +24,19 @@ from torch import nn
 from .separable_roi_align import SeparableROIPooler
 
 
+def build_roi_pooler(cfg, input_shape):
+    """The single-level ROI pooler of the light ROI heads on ``ROI_HEADS.IN_FEATURES[0]`` (as
+    detectron2's Res5ROIHeads builds it): ``ROI_BOX_HEAD.POOLER_*``, and the separable ROIAlign
+    when ``MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN`` is on."""
+    pooler_class = SeparableROIPooler if cfg.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN else ROIPooler
+    return pooler_class(
+        output_size=cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
+        scales=(1.0 / input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].stride,),
+        sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
+        pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
+    )
+
+
 @ROI_BOX_HEAD_REGISTRY.register()
 class LightRCNNSubnetHead(nn.Module):
     """The paper's replacement of the res5 block: 3x3 convs on every ROI, then a box pooling.
@@ -125,13 +138,7 @@ class LightRCNNROIHeads(Res5ROIHeads):
         if len(in_features) != 1:
             raise ValueError(f"MODEL.ROI_HEADS.IN_FEATURES={in_features}: LightRCNNROIHeads reads one feature map")
         resolution = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
-        pooler_class = SeparableROIPooler if cfg.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN else ROIPooler
-        ret["pooler"] = pooler_class(
-            output_size=resolution,
-            scales=(1.0 / input_shape[in_features[0]].stride,),
-            sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-            pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
-        )
+        ret["pooler"] = build_roi_pooler(cfg, input_shape)
         roi_shape = ShapeSpec(channels=input_shape[in_features[0]].channels, height=resolution, width=resolution)
         subnet = ret["subnet"] = build_box_head(cfg, roi_shape)
         if not hasattr(subnet, "pool"):
@@ -209,12 +216,7 @@ class ThinRes5ROIHeads(Res5ROIHeads):
             )
         ret = super().from_config(cfg, input_shape)
         if cfg.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN:  # the same pooling as Res5ROIHeads', trained as matrix products
-            ret["pooler"] = SeparableROIPooler(
-                output_size=cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION,
-                scales=(1.0 / input_shape[cfg.MODEL.ROI_HEADS.IN_FEATURES[0]].stride,),
-                sampling_ratio=cfg.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO,
-                pooler_type=cfg.MODEL.ROI_BOX_HEAD.POOLER_TYPE,
-            )
+            ret["pooler"] = build_roi_pooler(cfg, input_shape)
         return ret
 
     @classmethod
