@@ -67,6 +67,18 @@ def add_light_rcnn_config(cfg):
     # ROIs x 14 x C x W per image, so it is on for the CPU/shapes configs only. Read by
     # LightRCNNROIHeads and ThinRes5ROIHeads (not by detectron2's own ROI heads).
     _C.MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN = False
+    # The res5 subnet of ThinRes5ROIHeads (Table II's "C5" on the thin map), made cheaper per ROI:
+    # number of bottleneck blocks (the first one strided, 14x14 -> 7x7; detectron2's res5: 3),
+    # their 3x3 width (0 = ResNet's: RESNETS.NUM_GROUPS * WIDTH_PER_GROUP * 8, 512 in ResNet-50)
+    # and their output channels (0 = ResNet's: RESNETS.RES2_OUT_CHANNELS * 8, 2048 in ResNet-50).
+    # Read only by ThinRes5ROIHeads; the defaults build detectron2's res5 on the thin map.
+    _C.MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS = 3
+    _C.MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS = 0
+    _C.MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS = 0
+    # Normalization in those blocks ("" = RESNETS.NORM, as detectron2's res5 head). A res5 that
+    # is not loaded from ImageNet weights needs a trainable one ("BN", "GN", "SyncBN"): FrozenBN
+    # at its initial statistics is no normalization at all.
+    _C.MODEL.LIGHT_HEAD.RES5_NORM = ""
 
     # ---------------------------------------------------------------------------------------
     # Optimizer choice (light_rcnn.engine.Trainer.build_optimizer)

@@ -18,6 +18,7 @@ Choices (README "Bad input"):
   (``num_batches_tracked``) are ignored. A last trunk stage the detector does not have at all
   (:data:`OPTIONAL_TRUNK_MODULES`: ``res5`` for Light Mask R-CNN, which stops at C4; ``stage5``
   for stage4 mobile detectors) may go unused; a stage the detector has must load completely.
+  Only the trunk loads from such a file (:func:`trunk_prefixes`), nothing else of the detector.
 """
 import glob
 import logging
@@ -109,9 +110,25 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint):
         if self.strict_pretrained and is_classifier_checkpoint(checkpoint):
-            check_pretrained_backbone(self.model, checkpoint,
-                                      name=getattr(self, "_loading_path", None))
+            loaded = check_pretrained_backbone(self.model, checkpoint,
+                                               name=getattr(self, "_loading_path", None))
+            # Load the trunk only: detectron2's suffix matching would also fill non-trunk layers
+            # whose names and shapes happen to agree (e.g. res5 norms of ThinRes5ROIHeads).
+            trunk_sources = set(loaded.values())
+            checkpoint["model"] = {k: v for k, v in checkpoint["model"].items() if k in trunk_sources}
         return super()._load_model(checkpoint)
+
+
+def load_classifier_trunk(model, weights):
+    """Load ``weights``, a classifier checkpoint (tools/train_classifier.py), into ``model``'s
+    trunk only, after :func:`check_pretrained_backbone`. Returns False, loading nothing, when
+    ``weights`` is not a local classifier ``.pth`` (a detection checkpoint, a ``.pkl``, none)."""
+    if not weights or not weights.endswith(".pth") or not os.path.isfile(weights):
+        return False
+    if not is_classifier_checkpoint(torch.load(weights, map_location="cpu", weights_only=False)):
+        return False
+    AtomicDetectionCheckpointer(model).load(weights, checkpointables=[])
+    return True
 
 
 def check_classifier_weights(model, weights):
@@ -140,13 +157,15 @@ def trunk_prefixes(model):
     """Prefixes of ``model``'s state-dict keys that a classifier trunk must fill completely:
     ``backbone.bottom_up.`` when the backbone wraps a bottom-up network (Light Mask R-CNN's
     large-kernel neck, FPN), else ``backbone.``; plus ``roi_heads.res5.`` when the ROI heads hold
-    res5 (detectron2's Res5ROIHeads, Mask R-CNN C4)."""
+    ResNet's res5 stage on res4 (detectron2's Res5ROIHeads, Mask R-CNN C4), not when they say
+    ``res5_is_trunk_stage = False`` (ThinRes5ROIHeads: res5-shaped blocks on the neck's output)."""
     model = _unwrap(model)
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise ValueError(f"{type(model).__name__} has no 'backbone'; pass the trunk prefixes")
     prefixes = ["backbone.bottom_up." if hasattr(backbone, "bottom_up") else "backbone."]
-    if hasattr(getattr(model, "roi_heads", None), "res5"):
+    roi_heads = getattr(model, "roi_heads", None)
+    if hasattr(roi_heads, "res5") and getattr(roi_heads, "res5_is_trunk_stage", True):
         prefixes.append("roi_heads.res5.")
     return tuple(prefixes)
 
@@ -194,7 +213,7 @@ def check_pretrained_backbone(model, checkpoint, prefixes=None,
     prefixes = tuple(prefixes) if prefixes is not None else trunk_prefixes(model)
     model_state = model.state_dict()
 
-    loaded, wrong_shape, targets = {}, {}, {}
+    loaded, wrong_shape = {}, {}
     for key in model_state:
         if heuristics:  # detectron2's align_and_update_state_dicts: the longest matching suffix
             parts = key.split(".")
@@ -208,13 +227,18 @@ def check_pretrained_backbone(model, checkpoint, prefixes=None,
             wrong_shape[key] = (source, tuple(ckpt[source].shape), tuple(model_state[key].shape))
             continue
         loaded[key] = source
-        targets.setdefault(source, []).append(key)
 
     required = [k for k in model_state if k.startswith(prefixes) and not _is_counter(k)]
     if not required:
         raise ValueError(f"{type(model).__name__} has no state under {list(prefixes)}")
+    # Only the trunk loads: a checkpoint tensor that fits a layer outside it (the res5 of
+    # ThinRes5ROIHeads, which reads the neck, not res4) is not a use of that tensor.
+    loaded = {k: v for k, v in loaded.items() if k.startswith(prefixes)}
+    targets = {}
+    for key, source in loaded.items():
+        targets.setdefault(source, []).append(key)
     missing = [k for k in required if k not in loaded]
-    components = {c for k in model_state for c in k.split(".")}
+    components = {c for k in required for c in k.split(".")}
     unused = [k for k in ckpt if k not in targets and not _is_counter(k)
               and not (k.split(".", 1)[0] in optional_modules
                        and k.split(".", 1)[0] not in components)]

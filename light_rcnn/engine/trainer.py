@@ -36,7 +36,7 @@ from detectron2.utils.logger import setup_logger
 from ..compression import build_model as build_hooked_model
 from ..data.dataset_checks import CheckedDatasetMapper
 from .allocator import keep_freed_memory_in_heap
-from .checkpoint import check_classifier_weights, make_writes_atomic
+from .checkpoint import load_classifier_trunk, make_writes_atomic
 from .ema import ModelEMAHook
 
 __all__ = ["Trainer"]
@@ -77,11 +77,13 @@ class Trainer(DefaultTrainer):
         make_writes_atomic(self.checkpointer)
 
     def resume_or_load(self, resume=True):
-        """detectron2's, after refusing a classifier trunk in ``MODEL.WEIGHTS`` that does not fit
-        the model (:func:`light_rcnn.engine.checkpoint.check_classifier_weights`) whenever those
-        weights are what gets loaded (not when resuming from OUTPUT_DIR's last checkpoint)."""
+        """detectron2's, except when ``MODEL.WEIGHTS`` is a classifier trunk and is what gets
+        loaded (not when resuming from OUTPUT_DIR's last checkpoint): then it is checked against the
+        model's trunk and loaded into the trunk only
+        (:func:`light_rcnn.engine.checkpoint.load_classifier_trunk`), a misfit raising ValueError."""
         if not (resume and self.checkpointer.has_checkpoint()):
-            check_classifier_weights(self.model, self.cfg.MODEL.WEIGHTS)
+            if load_classifier_trunk(self.model, self.cfg.MODEL.WEIGHTS):
+                return None
         return super().resume_or_load(resume=resume)
 
     @classmethod

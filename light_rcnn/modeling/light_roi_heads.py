@@ -201,10 +201,17 @@ class ThinRes5ROIHeads(Res5ROIHeads):
     pooling) fed with the thin map. Its first block takes ``MODEL.SLK.OUT_CHANNELS`` channels
     (64/128/256) instead of res4's 1024; everything else is detectron2's Res5ROIHeads.
 
-    ROI features (N, C_thin, 14, 14) -> res5 (N, 2048 * width, 7, 7) -> box/class and mask heads.
+    ``MODEL.LIGHT_HEAD.RES5_{NUM_BLOCKS,BOTTLENECK_CHANNELS,OUT_CHANNELS}`` make it cheaper per
+    ROI (fewer or narrower bottleneck blocks; defaults: detectron2's res5), ``RES5_NORM`` sets its
+    normalization (default: ``RESNETS.NORM``). ROI features
+    (N, C_thin, 14, 14) -> res5 (N, C_res5, 7, 7) -> box/class and mask heads.
     The first block's shortcut is always a strided 1x1 projection, also when C_thin equals res5's
     output channels (detectron2's block projects only when the channels change).
     """
+
+    # Its blocks read the neck, not res4: a classifier trunk's res5 does not load into them
+    # (light_rcnn.engine.checkpoint.trunk_prefixes).
+    res5_is_trunk_stage = False
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -221,25 +228,36 @@ class ThinRes5ROIHeads(Res5ROIHeads):
 
     @classmethod
     def _build_res5_block(cls, cfg):
-        r = cfg.MODEL.RESNETS
-        out_channels = r.RES2_OUT_CHANNELS * 8
+        r, head = cfg.MODEL.RESNETS, cfg.MODEL.LIGHT_HEAD
+        num_blocks = head.RES5_NUM_BLOCKS
+        bottleneck_channels = head.RES5_BOTTLENECK_CHANNELS or r.NUM_GROUPS * r.WIDTH_PER_GROUP * 8
+        out_channels = head.RES5_OUT_CHANNELS or r.RES2_OUT_CHANNELS * 8
+        norm = head.RES5_NORM or r.NORM
+        for key, value in (("RES5_NUM_BLOCKS", num_blocks), ("RES5_BOTTLENECK_CHANNELS", bottleneck_channels),
+                           ("RES5_OUT_CHANNELS", out_channels)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"MODEL.LIGHT_HEAD.{key}={getattr(head, key)!r}: expected a positive integer "
+                                 "(0 for the channel counts = ResNet's res5)")
+        if bottleneck_channels % r.NUM_GROUPS != 0:
+            raise ValueError(f"MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS={bottleneck_channels}: must be a multiple "
+                             f"of MODEL.RESNETS.NUM_GROUPS={r.NUM_GROUPS}")
         blocks = ResNet.make_stage(
             BottleneckBlock,
-            3,
-            stride_per_block=[2, 1, 1],
+            num_blocks,
+            stride_per_block=[2] + [1] * (num_blocks - 1),
             in_channels=cfg.MODEL.SLK.OUT_CHANNELS,
-            bottleneck_channels=r.NUM_GROUPS * r.WIDTH_PER_GROUP * 8,
+            bottleneck_channels=bottleneck_channels,
             out_channels=out_channels,
             num_groups=r.NUM_GROUPS,
-            norm=r.NORM,
+            norm=norm,
             stride_in_1x1=r.STRIDE_IN_1X1,
         )
         first = blocks[0]
         if first.shortcut is None and first.stride != 1:
             # detectron2's block projects the shortcut only when the channels change; this one also
-            # halves the resolution (SLK.OUT_CHANNELS == RES2_OUT_CHANNELS * 8), so it needs a strided
+            # halves the resolution (SLK.OUT_CHANNELS == res5's output channels), so it needs a strided
             # 1x1 projection too. The paper's sizes (64/128/256 -> 2048) already have one: keys unchanged.
             first.shortcut = Conv2d(first.in_channels, out_channels, kernel_size=1, stride=first.stride,
-                                    bias=False, norm=get_norm(r.NORM, out_channels))
+                                    bias=False, norm=get_norm(norm, out_channels))
             weight_init.c2_msra_fill(first.shortcut)
         return nn.Sequential(*blocks), out_channels

@@ -119,6 +119,20 @@ def test_configs_export_to_onnx_and_match_eager(config, exported):
     assert outputs == ["boxes", "scores", "classes"] + (["mask_probs"] if mask_on else [])
 
 
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_slim_res5_subnet_exports_with_masks(fmt, exported):
+    """The slim res5 subnet (ThinRes5ROIHeads with RES5_* narrowed) with the IoU-loss mask head,
+    in both formats: parity with eager, masks of res5's 7x7 -> 14x14 deconvolution."""
+    config = "shapes/light_mask_rcnn_slim_res5_iou_loss_shapes.yaml"
+    (artifact,) = exported(fmt, config=config, extra_opts=("MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS", 8))
+    assert artifact.passed is True and artifact.parity["detections_eager"] > 0, artifact.summary()
+    deployed = load_predictor(artifact.path, threads=1)
+    assert deployed.cfg.MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS == 8
+    if fmt == "onnx":
+        mask = [o for o in onnx.load(artifact.path).graph.output if o.name == "mask_probs"]
+        assert [d.dim_param or d.dim_value for d in mask[0].type.tensor_type.shape.dim][1:] == [1, 14, 14]
+
+
 def test_subnet_head_and_light_model_script(config_file, tiny_resnet, tiny_sizes):
     head = LightRCNNSubnetHead(ShapeSpec(channels=8, height=14, width=14), conv_dims=[8, 16], conv_norm="BN",
                                box_pool_size=7).eval()

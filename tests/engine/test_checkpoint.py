@@ -8,9 +8,9 @@ from detectron2.modeling import build_model
 from light_rcnn import load_config
 from light_rcnn.engine.checkpoint import (
     AtomicDetectionCheckpointer,
-    check_classifier_weights,
     check_pretrained_backbone,
     is_classifier_checkpoint,
+    load_classifier_trunk,
     trunk_prefixes,
 )
 from light_rcnn.engine import Trainer
@@ -138,22 +138,41 @@ def test_exact_names_without_matching_heuristics(detectors, trunk):
 
 
 def test_trainer_refuses_a_trunk_that_does_not_fit_before_training(detectors, trunk, tmp_path):
-    """tools/train_net.py's Trainer checks MODEL.WEIGHTS when it is a classifier checkpoint; a
-    detection checkpoint or no weights pass (check_classifier_weights)."""
+    """tools/train_net.py's Trainer checks MODEL.WEIGHTS when it is a classifier checkpoint and
+    loads it (load_classifier_trunk); a detection checkpoint or no weights are not its business."""
     bad = str(tmp_path / "bad.pth")
     torch.save(_with(trunk, drop=["res4.0.conv1.weight"]), bad)
     with pytest.raises(ValueError, match=r"bad\.pth.*backbone\.res4\.0\.conv1\.weight"):
-        check_classifier_weights(detectors["c4"], bad)
+        load_classifier_trunk(detectors["c4"], bad)
     good = str(tmp_path / "good.pth")
     torch.save(trunk, good)
-    check_classifier_weights(detectors["c4"], good)
-    check_classifier_weights(detectors["c4"], "")
+    assert load_classifier_trunk(detectors["c4"], good)
+    torch.testing.assert_close(detectors["c4"].roi_heads.res5[2].conv3.weight, trunk["model"]["res5.2.conv3.weight"])
+    assert not load_classifier_trunk(detectors["c4"], "")
     detection = str(tmp_path / "detection.pth")
     torch.save({"model": {}}, detection)
-    check_classifier_weights(detectors["c4"], detection)
+    assert not load_classifier_trunk(detectors["c4"], detection)
 
     cfg = load_config(C4, TINY + tiny_shapes_opts(str(tmp_path / "data"), 4, 2) + [
         "MODEL.WEIGHTS", bad, "OUTPUT_DIR", str(tmp_path / "run"), "DATALOADER.NUM_WORKERS", 0])
     trainer = Trainer(cfg)
     with pytest.raises(ValueError, match=r"bad\.pth.*backbone\.res4\.0\.conv1\.weight"):
         trainer.resume_or_load(resume=False)
+
+
+def test_thin_res5_head_is_not_trunk(trunk, tmp_path):
+    """ThinRes5ROIHeads' res5-shaped blocks read the neck: the classifier's res5 is neither required
+    nor loaded into them, even where a tensor's name and shape agree (conv3's norm)."""
+    torch.manual_seed(0)
+    model = build_model(load_config(FRAMEWORK1, TINY + ["MODEL.ROI_HEADS.NAME", "ThinRes5ROIHeads",
+                                                        "MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS", 16]))
+    assert trunk_prefixes(model) == ("backbone.bottom_up.",)
+    norm = model.roi_heads.res5[1].conv3.norm
+    assert norm.weight.shape == trunk["model"]["res5.1.conv3.norm.weight"].shape  # a name-and-shape match
+    torch.nn.init.constant_(norm.weight, 0.5)
+    path = str(tmp_path / "trunk.pth")
+    torch.save(_with(trunk, add={"res5.1.conv3.norm.weight": torch.full_like(norm.weight, 3.0)}), path)
+    assert load_classifier_trunk(model, path)
+    torch.testing.assert_close(norm.weight, torch.full_like(norm.weight, 0.5))
+    stem = model.backbone.bottom_up.stem.conv1.weight
+    torch.testing.assert_close(stem, trunk["model"]["stem.conv1.weight"])

@@ -113,6 +113,49 @@ def test_c5_subnet_reads_thin_channels(light_cfg):
     assert first.conv1.in_channels == 16 and first.shortcut.in_channels == 16
 
 
+SLIM_RES5 = ("MODEL.ROI_HEADS.NAME", "ThinRes5ROIHeads", "MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS", 2,
+             "MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS", 8, "MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS", 32)
+
+
+def test_slim_res5_subnet_shapes(light_cfg):
+    """RES5_{NUM_BLOCKS,BOTTLENECK_CHANNELS,OUT_CHANNELS}: 2 bottleneck blocks of width 8 and 32
+    outputs, the first strided (14 -> 7), feeding the box predictor (pooled) and the mask deconvolution."""
+    roi_heads = build_model(light_cfg(*SLIM_RES5)).roi_heads
+    assert len(roi_heads.res5) == 2
+    assert [b.conv2.out_channels for b in roi_heads.res5] == [8, 8]
+    assert [b.conv3.out_channels for b in roi_heads.res5] == [32, 32]
+    assert roi_heads.res5[0].shortcut.in_channels == 16 and roi_heads.res5[1].shortcut is None
+    x = roi_heads.res5(torch.randn(3, 16, 14, 14))
+    assert x.shape == (3, 32, 7, 7)
+    assert roi_heads.box_predictor.cls_score.in_features == 32
+    assert roi_heads.mask_head.layers(x).shape == (3, 3, 14, 14)
+
+
+def test_default_res5_subnet_is_detectron2s_res5(light_cfg, tiny_resnet):
+    """The RES5_* keys at their defaults (3, 0, 0, "") build res5 as ResNet's config would;
+    RES5_NORM replaces its normalization (trainable BN for a res5 not loaded from weights)."""
+    cfg = light_cfg("MODEL.ROI_HEADS.NAME", "ThinRes5ROIHeads")
+    res5 = build_model(cfg).roi_heads.res5
+    r = cfg.MODEL.RESNETS
+    assert len(res5) == 3
+    assert res5[1].conv2.out_channels == r.NUM_GROUPS * r.WIDTH_PER_GROUP * 8
+    assert res5[2].conv3.out_channels == r.RES2_OUT_CHANNELS * 8
+    assert type(res5[0].conv1.norm).__name__ == "FrozenBatchNorm2d" == type(res5[0].shortcut.norm).__name__
+    trainable = build_model(light_cfg("MODEL.ROI_HEADS.NAME", "ThinRes5ROIHeads", "MODEL.LIGHT_HEAD.RES5_NORM", "BN"))
+    assert {type(m.norm).__name__ for m in trainable.roi_heads.res5.modules() if hasattr(m, "norm")} == {"BatchNorm2d"}
+
+
+@pytest.mark.parametrize("opts,message", [
+    (("MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS", 0), r"MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS=0: expected a positive integer"),
+    (("MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS", -8), r"MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS=-8"),
+    (("MODEL.RESNETS.NUM_GROUPS", 4, "MODEL.RESNETS.WIDTH_PER_GROUP", 1, "MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS", 6),
+     r"RES5_BOTTLENECK_CHANNELS=6: must be a multiple of MODEL.RESNETS.NUM_GROUPS=4"),
+])
+def test_invalid_res5_subnet_config_names_key(light_cfg, opts, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(light_cfg("MODEL.ROI_HEADS.NAME", "ThinRes5ROIHeads", *opts))
+
+
 def test_training_forward_shares_roi_features_between_box_and_mask(light_cfg, box_mask_targets):
     model = build_model(light_cfg()).train()
     subnet_out, mask_in = [], []
@@ -202,6 +245,17 @@ def test_light_roi_heads_pinned_losses(light_cfg, box_mask_targets, single_threa
     assert set(losses) == set(expected)
     for name, value in expected.items():
         assert losses[name] == pytest.approx(value, abs=1e-4), (name, losses)
+
+
+@pytest.mark.parametrize("separable", [False, True])
+def test_slim_res5_roi_heads_pinned_losses(light_cfg, box_mask_targets, single_thread, separable):
+    losses, detections = _pinned_roi_heads_run(
+        light_cfg(*SLIM_RES5, "MODEL.LIGHT_HEAD.SEPARABLE_ROI_ALIGN", separable), box_mask_targets)
+    expected = {"loss_cls": 1.4099, "loss_box_reg": 0.2339, "loss_mask": 0.6768}
+    assert set(losses) == set(expected)
+    for name, value in expected.items():
+        assert losses[name] == pytest.approx(value, abs=1e-4), (name, losses)
+    assert detections[0].pred_masks.shape[1:] == (1, 14, 14)  # res5's 7x7 -> one 2x deconvolution
 
 
 def test_light_roi_heads_pinned_detections(light_cfg, box_mask_targets, single_thread):
