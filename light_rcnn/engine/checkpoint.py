@@ -27,6 +27,7 @@ import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
 REMOTE_PREFIXES = ("detectron2://", "http://", "https://")
 # Top-level checkpoint modules (last trunk stages) that a detector may lack entirely.
@@ -123,11 +124,12 @@ def load_classifier_trunk(model, weights):
     """Load ``weights``, a classifier checkpoint (tools/train_classifier.py), into ``model``'s
     trunk only, after :func:`check_pretrained_backbone`. Returns False, loading nothing, when
     ``weights`` is not a local classifier ``.pth`` (a detection checkpoint, a ``.pkl``, none)."""
-    if not weights or not weights.endswith(".pth") or not os.path.isfile(weights):
+    local = local_weights_path(weights)
+    if not local or not local.endswith(".pth") or not os.path.isfile(local):
         return False
-    if not is_classifier_checkpoint(torch.load(weights, map_location="cpu", weights_only=False)):
+    if not is_classifier_checkpoint(torch.load(local, map_location="cpu", weights_only=False)):
         return False
-    AtomicDetectionCheckpointer(model).load(weights, checkpointables=[])
+    AtomicDetectionCheckpointer(model).load(local, checkpointables=[])
     return True
 
 
@@ -303,5 +305,15 @@ def check_weights(weights, key="MODEL.WEIGHTS"):
             f"'{key} /path/to/{os.path.basename(weights)}', or '{key} \"\"' to train from scratch "
             "(use trainable normalization then), or set LIGHT_RCNN_ALLOW_DOWNLOAD=1 where downloads work."
         )
-    if not os.path.isfile(weights):
+    local = local_weights_path(weights)  # raises, naming the build command, for an unbuilt generated trunk
+    if not os.path.isfile(local):
         raise FileNotFoundError(f"{key} '{weights}' does not exist or is not a file")
+
+
+def local_weights_path(weights):
+    """The local file of ``weights``: itself, or what a registered ``PREFIX://`` handler (e.g.
+    ``light_rcnn_trunk://``, :mod:`light_rcnn.engine.shapes_trunks`) resolves it to. Remote
+    prefixes are not resolved (:func:`check_weights` refuses them)."""
+    if weights and "://" in weights and not weights.startswith(REMOTE_PREFIXES):
+        return PathManager.get_local_path(weights)
+    return weights
