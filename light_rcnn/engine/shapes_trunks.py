@@ -12,14 +12,16 @@ when the file is not there, raises FileNotFoundError with the command that build
 
     python tools/pretrain_shapes_trunk.py resnet50_quarter     # 5-6 min on 2 CPU cores
 
-Recipes (:data:`SHAPES_TRUNKS`) are fixed and seeded, so the same command on the same CPU kind
-builds the same tensors. Choices: the classifier trains on the CPU whatever the machine has (64-px
+Recipes (:data:`SHAPES_TRUNKS`) are fixed and seeded, and train with a fixed number of CPU threads
+(2: the thread count changes float rounding, so 1 thread gave another trunk), so the same command on
+the same CPU kind builds the same tensors on any machine. Choices: the classifier trains on the CPU whatever the machine has (64-px
 crops, batch 32: a GPU would not be faster by much, and the measured trunk is a CPU one); a build
 writes ``NAME.partial.pth`` after every epoch and renames it to ``NAME.pth`` only when done, so a
 stopped build is resumed by running the command again, and a half-trained trunk is never loaded.
 """
 import os
 
+import torch
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import PathHandler
 
@@ -41,6 +43,7 @@ SHAPES_TRUNKS = {
         "image_size": 64,
         "schedule": {"epochs": 60, "batch_size": 32, "lr": 0.01, "lr_steps": [40, 55]},
         "seed": 0,
+        "threads": 2,
     },
 }
 
@@ -110,11 +113,20 @@ def build_shapes_trunk(name, log=print, **overrides):
     data = build_shapes_crops(**recipe["crops"])
     partial = os.path.join(os.path.dirname(final), f"{name}.partial.pth")
     log(f"Training {name} on {data} -> {partial} (renamed to {final} when done)")
-    result = train_classifier(
-        arch=recipe["arch"], data=data, output=partial, schedule=resolve_schedule(None, **recipe["schedule"]),
-        image_size=recipe["image_size"], resume=True, device="cpu", num_workers=0, seed=recipe["seed"],
-        opts=recipe.get("opts", ()), config_file=recipe["config_file"],
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe["threads"])
+    try:
+        result = _train(recipe, data, partial)
+    finally:
+        torch.set_num_threads(threads)
     os.replace(partial, final)
     log(f"Built {final} (val top-1 {result['top1']:.2f} %)")
     return final
+
+
+def _train(recipe, data, output):
+    return train_classifier(
+        arch=recipe["arch"], data=data, output=output, schedule=resolve_schedule(None, **recipe["schedule"]),
+        image_size=recipe["image_size"], resume=True, device="cpu", num_workers=0, seed=recipe["seed"],
+        opts=recipe.get("opts", ()), config_file=recipe["config_file"],
+    )

@@ -47,6 +47,7 @@ def test_recipe_is_the_measured_one():
     assert recipe["schedule"] == {"epochs": 60, "batch_size": 32, "lr": 0.01, "lr_steps": [40, 55]}
     assert recipe["crops"]["train_scenes"] == 400 and recipe["image_size"] == 64
     assert recipe["config_file"] == "light_rcnn://shapes/mask_rcnn_R_50_C4_shapes.yaml"
+    assert recipe["threads"] == 2  # the trunk measured in RESULTS.md trained on 2 threads
 
 
 @pytest.mark.parametrize("config,loaded_prefix", [
@@ -66,6 +67,7 @@ def test_tiny_build_resolves_and_loads_through_the_trainer(cache, tmp_path, conf
     stamp = os.path.getmtime(path)
     assert build_shapes_trunk("resnet50_quarter", log=lines.append) == path  # kept, not rebuilt
     assert os.path.getmtime(path) == stamp and lines[-1].endswith("is already built")
+    assert torch.get_num_threads() == 1  # the build's 2 threads are given back
 
     cfg = load_config(f"light_rcnn://shapes/{config}", TINY + tiny_shapes_opts(str(tmp_path / "data"), 4, 2) + [
         "OUTPUT_DIR", str(tmp_path / "run"), "DATALOADER.NUM_WORKERS", 0])
