@@ -23,7 +23,9 @@ of the detector built from the same config. Where they load (matching heuristics
   ``backbone.``, ``res5.*`` at ``roi_heads.res5.`` (detectron2's Res5ROIHeads): every tensor used.
 * Light Mask R-CNN (``Base-LightRCNN-C4.yaml``, frameworks 1/2): ``stem.*``-``res4.*`` at
   ``backbone.bottom_up.``; the network stops at C4, so ``res5.*`` is not used (the
-  separated large-kernel neck and the subnet start from scratch, as in the paper).
+  separated large-kernel neck and the subnet start from scratch, as in the paper). With
+  ``ThinRes5ROIHeads`` (Table II's C5, the slim res5 subnet) too: its res5-shaped blocks read the
+  neck, so the classifier's ``res5.*`` neither must nor may load into them.
 
 :func:`light_rcnn.engine.checkpoint.check_pretrained_backbone` checks exactly this and fails
 naming any trunk tensor left out or checkpoint tensor unused. The classifier's input convention
