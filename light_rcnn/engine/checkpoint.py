@@ -133,18 +133,6 @@ def load_classifier_trunk(model, weights):
     return True
 
 
-def check_classifier_weights(model, weights):
-    """:func:`check_pretrained_backbone` of ``model`` against ``weights`` if that is a local ``.pth``
-    classifier checkpoint (tools/train_classifier.py); any other weights (none, a detection
-    checkpoint, a ``.pkl``) pass unchecked. The Trainer runs it before loading ``MODEL.WEIGHTS``,
-    since detectron2's own checkpointer only logs keys it could not match."""
-    if not weights or not weights.endswith(".pth") or not os.path.isfile(weights):
-        return
-    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
-    if is_classifier_checkpoint(checkpoint):
-        check_pretrained_backbone(model, checkpoint, name=weights)
-
-
 def is_classifier_checkpoint(checkpoint):
     """Whether ``checkpoint`` (a loaded dict) was written by tools/train_classifier.py."""
     return isinstance(checkpoint, dict) and "arch" in checkpoint and "model" in checkpoint

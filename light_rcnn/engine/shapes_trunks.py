@@ -14,8 +14,9 @@ when the file is not there, raises FileNotFoundError with the command that build
 
 Recipes (:data:`SHAPES_TRUNKS`) are fixed and seeded, and train with a fixed number of CPU threads
 (2: the thread count changes float rounding, so 1 thread gave another trunk), so the same command on
-the same CPU kind builds the same tensors on any machine. Choices: the classifier trains on the CPU whatever the machine has (64-px
-crops, batch 32: a GPU would not be faster by much, and the measured trunk is a CPU one); a build
+the same CPU kind builds the same tensors on any machine. Choices: the classifier trains on the CPU
+whatever the machine has (64-px crops, batch 32: a GPU would not be faster by much, and the
+measured trunk is a CPU one); a build
 writes ``NAME.partial.pth`` after every epoch and renames it to ``NAME.pth`` only when done, so a
 stopped build is resumed by running the command again, and a half-trained trunk is never loaded.
 """
