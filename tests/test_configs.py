@@ -187,10 +187,13 @@ def test_decomposed_configs_differ_from_their_parent_only_in_the_decomposition(p
 
 def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
     """Each slim res5 subnet trained on shapes is its COCO form (the one benchmarked at 800x1333)
-    at the quarter width of the shapes configs; the half-output form differs from its parent only there."""
+    at the quarter width of the shapes configs; each ablation row differs from its parent only in
+    what it varies."""
     pairs = [("light_mask_rcnn_slim_res5_iou_loss_pretrained", "light_mask_rcnn_R_50_C4_slim_res5_iou_loss_1x"),
              ("light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained",
-              "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x")]
+              "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x"),
+             ("light_mask_rcnn_slim_res5_2blocks_iou_loss_pretrained",
+              "light_mask_rcnn_R_50_C4_slim_res5_2blocks_iou_loss_1x")]
     def res5_out(cfg):  # 0 = detectron2's res5 width
         return cfg.MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS or cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
 
@@ -199,12 +202,22 @@ def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
         assert 4 * small.MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS == full.MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS
         assert 4 * res5_out(small) == res5_out(full)
         assert 4 * small.MODEL.SLK.OUT_CHANNELS == full.MODEL.SLK.OUT_CHANNELS
+        assert small.MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS == full.MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS
         assert small.MODEL.ROI_MASK_HEAD.NAME == full.MODEL.ROI_MASK_HEAD.NAME == "IoUMaskRCNNConvUpsampleHead"
-    for folder, parent, child in [
+    for folder, parent, child, key in [
         ("shapes", "light_mask_rcnn_slim_res5_iou_loss_pretrained_shapes",
-         "light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained_shapes"),
+         "light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained_shapes", "RES5_OUT_CHANNELS"),
         ("COCO-InstanceSegmentation", "light_mask_rcnn_R_50_C4_slim_res5_iou_loss_1x",
-         "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x"),
+         "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x", "RES5_OUT_CHANNELS"),
+        ("shapes", "light_mask_rcnn_slim_res5_iou_loss_pretrained_shapes",
+         "light_mask_rcnn_slim_res5_2blocks_iou_loss_pretrained_shapes", "RES5_NUM_BLOCKS"),
+        ("COCO-InstanceSegmentation", "light_mask_rcnn_R_50_C4_slim_res5_iou_loss_1x",
+         "light_mask_rcnn_R_50_C4_slim_res5_2blocks_iou_loss_1x", "RES5_NUM_BLOCKS"),
+        ("shapes", "light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained_shapes",
+         "light_mask_rcnn_slim_res5_half_out_pretrained_shapes", "mask loss"),
     ]:
         varied = _diff(f"{folder}/{parent}.yaml", f"{folder}/{child}.yaml") - {"OUTPUT_DIR"}
-        assert varied == {"MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS"}
+        if key == "mask loss":  # the IoU term and the head that computes it, nothing else
+            assert varied == {"MODEL.ROI_MASK_HEAD.NAME", "MODEL.MASK_LOSS.TYPE"}, varied
+        else:
+            assert varied == {f"MODEL.LIGHT_HEAD.{key}"}, varied
