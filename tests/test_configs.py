@@ -194,6 +194,7 @@ def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
               "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x"),
              ("light_mask_rcnn_slim_res5_2blocks_iou_loss_pretrained",
               "light_mask_rcnn_R_50_C4_slim_res5_2blocks_iou_loss_1x")]
+
     def res5_out(cfg):  # 0 = detectron2's res5 width
         return cfg.MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS or cfg.MODEL.RESNETS.RES2_OUT_CHANNELS * 8
 
@@ -215,6 +216,8 @@ def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
          "light_mask_rcnn_R_50_C4_slim_res5_2blocks_iou_loss_1x", "RES5_NUM_BLOCKS"),
         ("shapes", "light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained_shapes",
          "light_mask_rcnn_slim_res5_half_out_pretrained_shapes", "mask loss"),
+        ("shapes", "light_mask_rcnn_framework1_pretrained_shapes",
+         "light_mask_rcnn_framework1_pool14_pretrained_shapes", "BOX_POOL_SIZE"),
     ]:
         varied = _diff(f"{folder}/{parent}.yaml", f"{folder}/{child}.yaml") - {"OUTPUT_DIR"}
         if key == "mask loss":  # the IoU term and the head that computes it, nothing else
