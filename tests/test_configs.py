@@ -205,22 +205,21 @@ def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
         assert 4 * small.MODEL.SLK.OUT_CHANNELS == full.MODEL.SLK.OUT_CHANNELS
         assert small.MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS == full.MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS
         assert small.MODEL.ROI_MASK_HEAD.NAME == full.MODEL.ROI_MASK_HEAD.NAME == "IoUMaskRCNNConvUpsampleHead"
-    for folder, parent, child, key in [
+    outputs, blocks = {"MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS"}, {"MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS"}
+    mask_loss = {"MODEL.ROI_MASK_HEAD.NAME", "MODEL.MASK_LOSS.TYPE"}  # the IoU term and the head computing it
+    for folder, parent, child, expected in [
         ("shapes", "light_mask_rcnn_slim_res5_iou_loss_pretrained_shapes",
-         "light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained_shapes", "RES5_OUT_CHANNELS"),
+         "light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained_shapes", outputs),
         ("COCO-InstanceSegmentation", "light_mask_rcnn_R_50_C4_slim_res5_iou_loss_1x",
-         "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x", "RES5_OUT_CHANNELS"),
+         "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x", outputs),
         ("shapes", "light_mask_rcnn_slim_res5_iou_loss_pretrained_shapes",
-         "light_mask_rcnn_slim_res5_2blocks_iou_loss_pretrained_shapes", "RES5_NUM_BLOCKS"),
+         "light_mask_rcnn_slim_res5_2blocks_iou_loss_pretrained_shapes", blocks),
         ("COCO-InstanceSegmentation", "light_mask_rcnn_R_50_C4_slim_res5_iou_loss_1x",
-         "light_mask_rcnn_R_50_C4_slim_res5_2blocks_iou_loss_1x", "RES5_NUM_BLOCKS"),
+         "light_mask_rcnn_R_50_C4_slim_res5_2blocks_iou_loss_1x", blocks),
         ("shapes", "light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained_shapes",
-         "light_mask_rcnn_slim_res5_half_out_pretrained_shapes", "mask loss"),
+         "light_mask_rcnn_slim_res5_half_out_pretrained_shapes", mask_loss),
         ("shapes", "light_mask_rcnn_framework1_pretrained_shapes",
-         "light_mask_rcnn_framework1_pool14_pretrained_shapes", "BOX_POOL_SIZE"),
+         "light_mask_rcnn_framework1_pool14_pretrained_shapes", {"MODEL.LIGHT_HEAD.BOX_POOL_SIZE"}),
     ]:
         varied = _diff(f"{folder}/{parent}.yaml", f"{folder}/{child}.yaml") - {"OUTPUT_DIR"}
-        if key == "mask loss":  # the IoU term and the head that computes it, nothing else
-            assert varied == {"MODEL.ROI_MASK_HEAD.NAME", "MODEL.MASK_LOSS.TYPE"}, varied
-        else:
-            assert varied == {f"MODEL.LIGHT_HEAD.{key}"}, varied
+        assert varied == expected, (child, varied)
