@@ -5,6 +5,14 @@ process), evaluates with detectron2's COCOEvaluator on ``shapes_val``, and draws
 model's masks with detectron2's ``Visualizer``. Training is seeded by the config's ``SEED``
 (as ``default_setup`` does for train_net); :func:`run_demo_seeds` repeats the demo over several
 seeds and reports mean, standard deviation and minimum of each AP.
+
+Resuming (``tools/demo.py --resume``, for studies that outlive a session): a run continues from
+its folder's last checkpoint as ``tools/train_net.py --resume`` does (model, optimizer, scheduler
+and iteration; not the data loader's position, so a resumed run is not bit-identical to an
+uninterrupted one), after checking that the folder's ``config.yaml`` is the config asked for. A
+finished run leaves ``results.json`` (its COCO results and timings) beside ``model_final.pth``;
+with several seeds, a seed whose ``results.json`` exists is read back, not trained again, and its
+time is the one recorded when it finished (a resumed seed's time counts its last invocation only).
 """
 import contextlib
 import json
@@ -15,6 +23,7 @@ import time
 
 import cv2
 import numpy as np
+import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.env import seed_all_rng
@@ -23,12 +32,14 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 
 from .config import load_config
 from .data import register_builtin_datasets
-from .engine import Trainer, check_output_dir, check_weights
+from .engine import AtomicFile, Trainer, check_output_dir, check_weights
 from .engine.predictor import Predictor
 
 DEFAULT_DEMO_CONFIG = "light_rcnn://shapes/light_mask_rcnn_fd_mobilenet_iou_loss_shapes.yaml"
 # The AP figures :func:`run_demo_seeds` aggregates, per task.
 SEED_SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# What a finished run leaves beside model_final.pth: {"results": {task: {metric: value}}, "timings": {...}}.
+RESULTS_FILE = "results.json"
 
 
 def draw_predictions(cfg, weights, dataset_name, out_file, num_images=6, min_score=0.5):
@@ -92,24 +103,53 @@ def _run_log(output_dir):
             logger.removeHandler(handler)
 
 
-def run_demo(config_file, output_dir, opts=(), num_images=6):
-    """Generate data, train, evaluate, draw; prints and returns ``(results, timings, png)``."""
+def run_demo(config_file, output_dir, opts=(), num_images=6, resume=False):
+    """Generate data, train, evaluate, draw; prints and returns ``(results, timings, png)``.
+    ``resume``: continue the run in ``output_dir`` from its last checkpoint (module docstring)."""
     t0 = time.perf_counter()
     cfg = load_config(config_file, list(opts) + ["OUTPUT_DIR", output_dir])
-    check_output_dir(cfg.OUTPUT_DIR, resume=False, eval_only=False)
+    check_output_dir(cfg.OUTPUT_DIR, resume=resume, eval_only=False)
+    if resume:
+        check_same_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     check_weights(cfg.MODEL.WEIGHTS)
     cfg.freeze()
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     with _run_log(cfg.OUTPUT_DIR):
-        results, timings, png = _train_evaluate_draw(cfg, t0, num_images)
+        results, timings, png = _train_evaluate_draw(cfg, t0, num_images, resume)
+    with AtomicFile(os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE), "w") as f:
+        json.dump({"results": results, "timings": timings}, f, indent=2)
     print(format_summary(results, timings, cfg.OUTPUT_DIR, png), flush=True)
     return results, timings, png
 
 
-def _train_evaluate_draw(cfg, t0, num_images):
+def check_same_config(cfg, saved_file):
+    """Before resuming: the run's saved ``config.yaml`` must hold ``cfg`` (compared as YAML data),
+    else ValueError naming the folder and the keys that differ. A missing file is fine (the run had
+    not started)."""
+    if not os.path.isfile(saved_file):
+        return
+    with open(saved_file) as f:
+        saved = _flatten(yaml.safe_load(f))
+    asked = _flatten(yaml.safe_load(cfg.dump()))
+    keys = sorted(k for k in set(saved) | set(asked) if saved.get(k) != asked.get(k))
+    if keys:
+        listed = ", ".join(f"{k} ({saved.get(k)!r} there, {asked.get(k)!r} asked)" for k in keys[:8])
+        raise ValueError(f"cannot resume the run in '{os.path.dirname(saved_file)}': its config.yaml differs from "
+                         f"the config asked for in {listed}{' ...' if len(keys) > 8 else ''}; resume with the "
+                         "run's own config and overrides, or start a new folder")
+
+
+def _flatten(node, prefix=""):
+    out = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _train_evaluate_draw(cfg, t0, num_images, resume=False):
     # Same seeding as detectron2's default_setup (one process): SEED < 0 draws a random seed.
     seed_all_rng(None if cfg.SEED < 0 else cfg.SEED)
-    with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+    with AtomicFile(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
         f.write(cfg.dump())
     register_builtin_datasets(cfg)  # shapes, and its VOC / KITTI layouts when the config names them
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
@@ -118,7 +158,7 @@ def _train_evaluate_draw(cfg, t0, num_images):
 
     t1 = time.perf_counter()
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=resume)
     trainer.train()  # the final EvalHook runs COCOEvaluator on DATASETS.TEST
     results = trainer._last_eval_results or {}
     timings["train+eval"] = time.perf_counter() - t1
@@ -171,9 +211,11 @@ def format_seed_summary(per_seed, summary, seconds):
     return "\n".join(lines)
 
 
-def run_demo_seeds(config_file, output_dir, seeds, opts=(), num_images=6):
+def run_demo_seeds(config_file, output_dir, seeds, opts=(), num_images=6, resume=False):
     """Run :func:`run_demo` once per seed (``SEED <s>``, outputs in ``<output_dir>/seed<s>``), then
     print and write (``<output_dir>/seeds_summary.json``) mean +- std and min of every AP.
+    ``resume``: a seed whose run finished (``results.json``) is read back, the others continue from
+    their last checkpoint (or start, when they had not).
 
     Returns ``(per_seed_results, summary)``."""
     if not seeds:
@@ -188,11 +230,20 @@ def run_demo_seeds(config_file, output_dir, seeds, opts=(), num_images=6):
     per_seed, seconds = {}, {}
     for seed in seeds:
         t0 = time.perf_counter()
-        results, _, _ = run_demo(
-            config_file, os.path.join(output_dir, f"seed{int(seed)}"), list(opts) + ["SEED", int(seed)], num_images
-        )
+        seed_dir = os.path.join(output_dir, f"seed{int(seed)}")
+        seed_opts = list(opts) + ["SEED", int(seed)]
+        finished = os.path.join(seed_dir, RESULTS_FILE)
+        if resume and os.path.isfile(finished):
+            check_same_config(load_config(config_file, seed_opts + ["OUTPUT_DIR", seed_dir]),
+                              os.path.join(seed_dir, "config.yaml"))
+            with open(finished) as f:
+                record = json.load(f)
+            results, seconds[int(seed)] = record["results"], record["timings"]["total"]
+            print(f"seed {seed}: finished earlier, read back from {finished}", flush=True)
+        else:
+            results, _, _ = run_demo(config_file, seed_dir, seed_opts, num_images, resume=resume)
+            seconds[int(seed)] = time.perf_counter() - t0
         per_seed[int(seed)] = {t: dict(results.get(t, {})) for t in ("bbox", "segm")}
-        seconds[int(seed)] = time.perf_counter() - t0
     summary = summarize_seeds(per_seed)
     os.makedirs(output_dir, exist_ok=True)
     with open(summary_file, "w") as f:

@@ -103,6 +103,42 @@ def test_run_demo_seeds_writes_summary_and_refuses_rerun(demo_opts, tmp_path, ca
         run_demo_seeds(DEFAULT_DEMO_CONFIG, str(tmp_path / "x"), [1, 1], demo_opts)
 
 
+def test_demo_resumes_a_run_cut_off_after_a_checkpoint(demo_opts, tmp_path):
+    opts = demo_opts + ["SOLVER.CHECKPOINT_PERIOD", 3]
+    out = tmp_path / "cut"
+    run_demo(DEFAULT_DEMO_CONFIG, str(out), opts, num_images=1)
+    # A stop after iteration 3: the checkpoint of that iteration is the last one, nothing finished.
+    (out / "model_final.pth").unlink()
+    (out / "results.json").unlink()
+    (out / "last_checkpoint").write_text("model_0000002.pth")
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_demo(DEFAULT_DEMO_CONFIG, str(out), opts, num_images=1)
+    with pytest.raises(ValueError, match="SOLVER.BASE_LR"):  # another config cannot continue this run
+        run_demo(DEFAULT_DEMO_CONFIG, str(out), opts + ["SOLVER.BASE_LR", 0.5], num_images=1, resume=True)
+    results, _, _ = run_demo(DEFAULT_DEMO_CONFIG, str(out), opts, num_images=1, resume=True)
+    assert (out / "model_final.pth").is_file()
+    log = (out / "log.txt").read_text()
+    assert str(out / "model_0000002.pth") in log  # continued from the checkpoint, not from scratch
+    iterations = [json.loads(line).get("iteration") for line in (out / "metrics.json").read_text().splitlines()]
+    assert iterations.count(5) == 2  # the last iteration ran once in each invocation, none was skipped
+    with open(out / "results.json") as f:
+        assert json.load(f)["results"]["segm"]["AP"] == pytest.approx(results["segm"]["AP"], nan_ok=True)
+
+
+def test_run_demo_seeds_resume_reads_finished_seeds_back(demo_opts, tmp_path, capsys):
+    out = tmp_path / "study"
+    first, _, _ = run_demo(DEFAULT_DEMO_CONFIG, str(out / "seed0"), demo_opts + ["SEED", 0], num_images=1)
+    trained_at = os.path.getmtime(out / "seed0" / "model_final.pth")
+    per_seed, summary = run_demo_seeds(DEFAULT_DEMO_CONFIG, str(out), [0, 1], demo_opts, num_images=1, resume=True)
+    assert os.path.getmtime(out / "seed0" / "model_final.pth") == trained_at  # not trained again
+    assert "seed 0: finished earlier" in capsys.readouterr().out
+    assert (out / "seed1" / "model_final.pth").is_file() and summary["segm"]["AP"]["n"] == 2
+    assert per_seed[0]["segm"]["AP"] == pytest.approx(first["segm"]["AP"], nan_ok=True)
+    (out / "seeds_summary.json").unlink()
+    with pytest.raises(ValueError, match="SOLVER.MAX_ITER"):  # a finished seed of another config is refused
+        run_demo_seeds(DEFAULT_DEMO_CONFIG, str(out), [0], demo_opts + ["SOLVER.MAX_ITER", 7], resume=True)
+
+
 def test_demo_refuses_an_earlier_runs_folder(demo_opts, tmp_path):
     out = tmp_path / "earlier"
     out.mkdir()
