@@ -28,7 +28,7 @@ def write_summary(folder, config_file, ap_by_seed):
     replaced by ``ap_by_seed`` (``{seed: {task: AP}}``)."""
     import light_rcnn.demo as demo
 
-    def fake_run_demo(config, output_dir, opts, num_images):
+    def fake_run_demo(config, output_dir, opts, num_images, resume=False):
         seed = opts[opts.index("SEED") + 1]
         return {task: {"AP": ap, "AP50": ap + 10.0} for task, ap in ap_by_seed[seed].items()}, {}, None
 
