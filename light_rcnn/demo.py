@@ -124,14 +124,15 @@ def run_demo(config_file, output_dir, opts=(), num_images=6, resume=False):
 
 def check_same_config(cfg, saved_file):
     """Before resuming: the run's saved ``config.yaml`` must hold ``cfg`` (compared as YAML data),
-    else ValueError naming the folder and the keys that differ. A missing file is fine (the run had
+    else ValueError naming the folder and the keys that differ. ``OUTPUT_DIR`` is not compared (a
+    run's folder may have moved; it is where the run is now). A missing file is fine (the run had
     not started)."""
     if not os.path.isfile(saved_file):
         return
     with open(saved_file) as f:
         saved = _flatten(yaml.safe_load(f))
     asked = _flatten(yaml.safe_load(cfg.dump()))
-    keys = sorted(k for k in set(saved) | set(asked) if saved.get(k) != asked.get(k))
+    keys = sorted(k for k in set(saved) | set(asked) if saved.get(k) != asked.get(k) and k != "OUTPUT_DIR")
     if keys:
         listed = ", ".join(f"{k} ({saved.get(k)!r} there, {asked.get(k)!r} asked)" for k in keys[:8])
         raise ValueError(f"cannot resume the run in '{os.path.dirname(saved_file)}': its config.yaml differs from "

@@ -115,13 +115,18 @@ def test_demo_resumes_a_run_cut_off_after_a_checkpoint(demo_opts, tmp_path):
         run_demo(DEFAULT_DEMO_CONFIG, str(out), opts, num_images=1)
     with pytest.raises(ValueError, match="SOLVER.BASE_LR"):  # another config cannot continue this run
         run_demo(DEFAULT_DEMO_CONFIG, str(out), opts + ["SOLVER.BASE_LR", 0.5], num_images=1, resume=True)
+    assert not (out / "model_final.pth").exists()  # refused before anything ran
     results, _, _ = run_demo(DEFAULT_DEMO_CONFIG, str(out), opts, num_images=1, resume=True)
     assert (out / "model_final.pth").is_file()
     log = (out / "log.txt").read_text()
-    assert str(out / "model_0000002.pth") in log  # continued from the checkpoint, not from scratch
-    iterations = [json.loads(line).get("iteration") for line in (out / "metrics.json").read_text().splitlines()]
-    assert iterations.count(5) == 2  # the last iteration ran once in each invocation, none was skipped
-    with open(out / "results.json") as f:
+    # continued from the checkpoint of iteration 3 (0-based 2), not from scratch
+    assert str(out / "model_0000002.pth") in log and "Starting training from iteration 3" in log
+    # the run's folder may move: OUTPUT_DIR is where it is now, not a config difference; resuming a
+    # finished run evaluates its final model again, with the same results
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    run_demo(DEFAULT_DEMO_CONFIG, str(moved), opts, num_images=1, resume=True)
+    with open(moved / "results.json") as f:
         assert json.load(f)["results"]["segm"]["AP"] == pytest.approx(results["segm"]["AP"], nan_ok=True)
 
 
