@@ -293,3 +293,11 @@ def load_config(config_file=None, opts=()):
     if opts:
         cfg.merge_from_list(list(opts))
     return cfg
+
+
+def flatten_config(node, prefix=""):
+    """A nested config (a CfgNode, or the dict YAML loads) as ``{"MODEL.SLK.OUT_CHANNELS": value, ...}``."""
+    out = {}
+    for key, value in node.items():
+        out.update(flatten_config(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out

@@ -30,7 +30,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from .config import load_config
+from .config import flatten_config, load_config
 from .data import register_builtin_datasets
 from .engine import AtomicFile, Trainer, check_output_dir, check_weights
 from .engine.predictor import Predictor
@@ -130,21 +130,14 @@ def check_same_config(cfg, saved_file):
     if not os.path.isfile(saved_file):
         return
     with open(saved_file) as f:
-        saved = _flatten(yaml.safe_load(f))
-    asked = _flatten(yaml.safe_load(cfg.dump()))
+        saved = flatten_config(yaml.safe_load(f))
+    asked = flatten_config(yaml.safe_load(cfg.dump()))
     keys = sorted(k for k in set(saved) | set(asked) if saved.get(k) != asked.get(k) and k != "OUTPUT_DIR")
     if keys:
         listed = ", ".join(f"{k} ({saved.get(k)!r} there, {asked.get(k)!r} asked)" for k in keys[:8])
         raise ValueError(f"cannot resume the run in '{os.path.dirname(saved_file)}': its config.yaml differs from "
                          f"the config asked for in {listed}{' ...' if len(keys) > 8 else ''}; resume with the "
                          "run's own config and overrides, or start a new folder")
-
-
-def _flatten(node, prefix=""):
-    out = {}
-    for key, value in node.items():
-        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
 
 
 def _train_evaluate_draw(cfg, t0, num_images, resume=False):

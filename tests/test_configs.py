@@ -10,7 +10,7 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from light_rcnn import build_model, load_config
-from light_rcnn.config import packaged_configs_dir
+from light_rcnn.config import flatten_config, packaged_configs_dir
 
 CONFIG_DIR = packaged_configs_dir()  # listed at collection time; loaded by light_rcnn:// name
 EVERY_YAML = sorted(
@@ -116,18 +116,8 @@ def test_config_builds_trains_one_step_and_infers(name, tmp_path, tiny_resnet):
     assert out.has("pred_masks") == cfg.MODEL.MASK_ON
 
 
-def _flat(cfg, prefix=""):
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _diff_cfgs(a, b):
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flatten_config(a), flatten_config(b)
     return {k for k in fa if fa[k] != fb[k]}
 
 
