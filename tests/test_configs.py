@@ -176,9 +176,9 @@ def test_decomposed_configs_differ_from_their_parent_only_in_the_decomposition(p
 
 
 def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
-    """Each slim res5 subnet trained on shapes, and the full-width C5 row, is its COCO form (the one
-    benchmarked at 800x1333) at the quarter width of the shapes configs; each ablation row differs
-    from its parent only in what it varies."""
+    """Each slim res5 subnet trained on shapes, the full-width C5 row and framework 2 is its COCO
+    form (the one benchmarked at 800x1333) at the quarter width of the shapes configs; each ablation
+    row differs from its parent only in what it varies."""
     pairs = [("light_mask_rcnn_slim_res5_iou_loss_pretrained", "light_mask_rcnn_R_50_C4_slim_res5_iou_loss_1x"),
              ("light_mask_rcnn_slim_res5_half_out_iou_loss_pretrained",
               "light_mask_rcnn_R_50_C4_slim_res5_half_out_iou_loss_1x"),
@@ -202,6 +202,10 @@ def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
     assert 4 * small.MODEL.SLK.OUT_CHANNELS == full.MODEL.SLK.OUT_CHANNELS
     assert small.MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS == full.MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS == 0
     assert small.MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS == full.MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS == 0
+    # the subnet-channels row: framework 2 (C_out 1024) at a quarter width
+    small = _load("shapes/light_mask_rcnn_framework2_pretrained_shapes.yaml")
+    full = _load("COCO-InstanceSegmentation/light_mask_rcnn_R_50_C4_framework2_1x.yaml")
+    assert [4 * c for c in small.MODEL.LIGHT_HEAD.CONV_DIMS] == list(full.MODEL.LIGHT_HEAD.CONV_DIMS) == [256, 1024]
     outputs, blocks = {"MODEL.LIGHT_HEAD.RES5_OUT_CHANNELS"}, {"MODEL.LIGHT_HEAD.RES5_NUM_BLOCKS"}
     mask_loss = {"MODEL.ROI_MASK_HEAD.NAME", "MODEL.MASK_LOSS.TYPE"}  # the IoU term and the head computing it
     for folder, parent, child, expected in [
@@ -221,6 +225,8 @@ def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
          "light_mask_rcnn_framework1_thin256_pretrained_shapes", {"MODEL.SLK.MID_CHANNELS", "MODEL.SLK.OUT_CHANNELS"}),
         ("shapes", "light_mask_rcnn_framework1_pretrained_shapes",
          "light_mask_rcnn_framework1_c5_pretrained_shapes", {"MODEL.ROI_HEADS.NAME"}),
+        ("shapes", "light_mask_rcnn_framework1_pretrained_shapes",
+         "light_mask_rcnn_framework2_pretrained_shapes", {"MODEL.LIGHT_HEAD.CONV_DIMS"}),
         ("shapes", "light_mask_rcnn_framework1_c5_pretrained_shapes",
          "light_mask_rcnn_slim_res5_pretrained_shapes", {"MODEL.LIGHT_HEAD.RES5_BOTTLENECK_CHANNELS"}),
     ]:
