@@ -175,7 +175,7 @@ def test_decomposed_configs_differ_from_their_parent_only_in_the_decomposition(p
     assert cfg.MODEL.SLK.OUT_CHANNELS <= 128 and max(cfg.MODEL.LIGHT_HEAD.CONV_DIMS) <= 256  # thin neck
 
 
-def test_slim_res5_shapes_forms_are_the_coco_forms_at_a_quarter_width():
+def test_pretrained_ablation_forms_are_the_coco_forms_at_a_quarter_width():
     """Each slim res5 subnet trained on shapes, the full-width C5 row and framework 2 is its COCO
     form (the one benchmarked at 800x1333) at the quarter width of the shapes configs; each ablation
     row differs from its parent only in what it varies."""
